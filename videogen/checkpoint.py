@@ -1,0 +1,104 @@
+"""Latent checkpoints during sampling, and resuming from them.
+
+Every ``K`` steps a worker writes its frames' latents and the scheduler's state (multistep
+history included) to ``<dir>/step{i}.frames{a}-{b}.safetensors``, atomically, then deletes its
+older checkpoint. The job fingerprint (a hash of everything that shapes the latents) is stored
+with it: resuming a different job is refused instead of producing a silently wrong video.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from videogen.config import JobConfig
+from videogen.errors import VideogenError
+from videogen.sampling import StepContext, StepHook, scheduler_state
+
+_NAME = re.compile(r"^step(\d{5})\.frames(\d+)-(\d+)\.safetensors$")
+
+
+def job_fingerprint(job: JobConfig) -> str:
+    """Hash of the sections that determine the latents (not output or parallel layout)."""
+    container = OmegaConf.to_container(OmegaConf.structured(job), resolve=True)
+    shaping = {k: container[k] for k in ("model", "prompts", "video", "sampler", "noise")}
+    shaping["sampler"] = {k: v for k, v in shaping["sampler"].items() if k != "checkpoint_every"}
+    shaping["model"] = {k: v for k, v in shaping["model"].items() if k not in ("device",)}
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def checkpoint_dir(job: JobConfig) -> Path:
+    return Path(job.output.checkpoint_dir or f"{job.output.path}.ckpt")
+
+
+def _file_name(step: int, frames: range) -> str:
+    return f"step{step:05d}.frames{frames.start}-{frames.stop}.safetensors"
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    latents: torch.Tensor
+    scheduler_tensors: dict[str, torch.Tensor]
+    scheduler_values: dict[str, Any]
+
+
+class CheckpointHook(StepHook):
+    """Saves this worker's latents every ``every`` steps (never after the last step)."""
+
+    def __init__(self, directory: Path, every: int, frames: range, fingerprint: str):
+        self.directory, self.every, self.frames, self.fingerprint = Path(directory), every, frames, fingerprint
+
+    def on_step_end(self, ctx: StepContext, latents: torch.Tensor) -> None:
+        done = ctx.index + 1
+        if done % self.every or done == ctx.num_steps:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tensors, values = scheduler_state(ctx.scheduler)
+        payload = {f"scheduler.{k}": v for k, v in tensors.items()}
+        payload["latents"] = latents.detach().cpu().contiguous()
+        meta = {"fingerprint": self.fingerprint, "step": str(ctx.index), "scheduler": json.dumps(values)}
+        target = self.directory / _file_name(ctx.index, self.frames)
+        partial = target.with_name(f".{target.name}.partial")
+        save_file(payload, str(partial), metadata=meta)
+        os.replace(partial, target)
+        for old in self.directory.glob(f"step*.frames{self.frames.start}-{self.frames.stop}.safetensors"):
+            if old != target:
+                old.unlink(missing_ok=True)
+
+
+def latest_checkpoint_step(directory: Path, frames: range) -> int | None:
+    """The last completed step index saved for exactly these frames, if any."""
+    steps = [
+        int(m.group(1))
+        for p in Path(directory).glob("step*.safetensors")
+        if (m := _NAME.match(p.name)) and (int(m.group(2)), int(m.group(3))) == (frames.start, frames.stop)
+    ]
+    return max(steps) if steps else None
+
+
+def load_checkpoint(directory: Path, frames: range, step: int, fingerprint: str) -> Checkpoint:
+    path = Path(directory) / _file_name(step, frames)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    except (OSError, RuntimeError) as error:
+        raise VideogenError(f"{path}: unreadable checkpoint ({error})") from None
+    if meta.get("fingerprint") != fingerprint:
+        raise VideogenError(
+            f"{path}: checkpoint belongs to a different job (model, prompts, video, sampler or noise "
+            "changed); remove it or render without --resume"
+        )
+    scheduler_tensors = {k.removeprefix("scheduler."): v for k, v in tensors.items() if k.startswith("scheduler.")}
+    return Checkpoint(step, tensors["latents"], scheduler_tensors, json.loads(meta["scheduler"]))

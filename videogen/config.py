@@ -1,0 +1,307 @@
+"""The render job schema, and how a job is loaded, merged and validated.
+
+A job is merged in three layers (later wins): the packaged defaults (the dataclasses below), the
+job YAML, then ``key=value`` overrides from the command line. Every mistake a user can make
+(an unknown key, a wrong type, a missing required value, an impossible value) raises one
+:class:`~videogen.errors.ConfigError` whose message names the key and where it came from.
+YAML is read with OmegaConf's safe loader: a config file never executes code.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from videogen.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """Where the model lives and how it is placed.
+
+    ``path`` is a diffusers-format folder (``model_index.json`` + component subfolders), or
+    ``tiny`` for the bundled tiny model (built on first use, no download). Each component can be
+    taken from another folder (the VideoCrafter2 recipe: UNet from one folder, VAE and text
+    encoder from zeroscope); such a folder holds the component's files directly or in a
+    subfolder of the component's name.
+    """
+
+    path: str = MISSING
+    unet: str | None = None
+    vae: str | None = None
+    text_encoder: str | None = None
+    tokenizer: str | None = None
+    scheduler: str | None = None
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    device: str = "auto"
+    attention: Literal["sdpa", "xformers"] = "sdpa"
+    prediction_type: Literal["auto", "epsilon", "v_prediction"] = "auto"
+
+
+@dataclass
+class PromptSegment:
+    """A prompt for frames ``start`` (inclusive) to ``end`` (exclusive; ``null`` = to the end)."""
+
+    text: str = MISSING
+    start: int = 0
+    end: int | None = None
+
+
+@dataclass
+class PromptsConfig:
+    """One prompt (``text``) or a schedule of prompts over frame ranges.
+
+    With a schedule, each frame is conditioned on its own prompt; ``blend_frames`` > 0 blends
+    the text embeddings linearly over that many frames around each boundary.
+    """
+
+    text: str = ""
+    negative: str = ""
+    schedule: list[PromptSegment] = field(default_factory=list)
+    blend_frames: int = 0
+
+
+@dataclass
+class VideoConfig:
+    width: int = 256
+    height: int = 256
+    num_frames: int = 16
+    fps: int = 8
+
+
+@dataclass
+class SamplerConfig:
+    """The denoising loop. ``checkpoint_every`` > 0 saves latents every that many steps."""
+
+    name: Literal["ddim", "euler", "dpmpp", "unipc"] = "ddim"
+    steps: int = 25
+    guidance_scale: float = 9.0
+    eta: float = 0.0
+    checkpoint_every: int = 0
+
+
+@dataclass
+class NoiseConfig:
+    """Initial noise. ``seed: -1`` draws a seed, which is recorded beside the output."""
+
+    seed: int = 0
+    kind: Literal["gaussian"] = "gaussian"
+
+
+@dataclass
+class ParallelConfig:
+    """How many workers split the video. ``clip``: workers along the frame axis."""
+
+    clip: int = 1
+
+
+@dataclass
+class OutputConfig:
+    """Where the video goes. The suffix picks the format: ``.mp4``, ``.gif``, or none for PNGs.
+
+    ``decode_chunk_frames`` frames are decoded and written at a time, so memory does not grow
+    with the video's length. Checkpoints go to ``checkpoint_dir`` (default: ``<path>.ckpt``).
+    """
+
+    path: str = "out/video.mp4"
+    crf: int = 18
+    decode_chunk_frames: int = 8
+    checkpoint_dir: str | None = None
+
+
+@dataclass
+class JobConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+OUTPUT_FORMATS = {".mp4": "mp4", ".gif": "gif", "": "png"}
+
+
+def output_format(path: str) -> str:
+    """``mp4``, ``gif`` or ``png`` (a folder of frames), from the output path's suffix."""
+    return OUTPUT_FORMATS[Path(path).suffix.lower()]
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"{path}: job file not found")
+    try:
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(error, 'problem', error)}") from None
+    if loaded is None:
+        return OmegaConf.create({})
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: a job file must be a mapping of sections, not a list")
+    return loaded
+
+
+def _merge_layer(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, layer)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "?"
+        raise ConfigError(f"{source}: {key}: {_first_line(error)}") from None
+
+
+def _parse_override(item: str) -> DictConfig:
+    if "=" not in item or item.startswith("="):
+        raise ConfigError(f"command line: override {item!r} must look like section.key=value")
+    try:
+        return OmegaConf.from_dotlist([item])
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"command line: override {item!r}: {_first_line(error)}") from None
+
+
+def _leaf_keys(config: Any, prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    if isinstance(config, DictConfig):
+        for key in config.keys():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            keys.add(name)
+            keys |= _leaf_keys(config._get_node(key), name)
+    return keys
+
+
+@dataclass
+class LoadedJob:
+    """A validated job and where each of its keys came from (for error messages)."""
+
+    config: JobConfig
+    source: str
+    file_keys: set[str]
+    override_keys: set[str]
+
+    def origin(self, key: str) -> str:
+        if any(key == k or key.startswith(k + ".") for k in self.override_keys):
+            return "command line"
+        if any(key == k or key.startswith(k + ".") for k in self.file_keys):
+            return self.source
+        return "defaults"
+
+
+def load_job(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> LoadedJob:
+    """Merge defaults, the job YAML (if any) and overrides; validate; return the typed job."""
+    merged: DictConfig = OmegaConf.structured(JobConfig)
+    source = str(path) if path is not None else "defaults"
+    file_keys: set[str] = set()
+    if path is not None:
+        file_layer = _read_yaml(Path(path))
+        file_keys = _leaf_keys(file_layer)
+        merged = _merge_layer(merged, file_layer, source)
+    override_keys: set[str] = set()
+    for item in overrides:
+        layer = _parse_override(item)
+        override_keys |= _leaf_keys(layer)
+        merged = _merge_layer(merged, layer, f"command line ({item})")
+    try:
+        job = OmegaConf.to_object(merged)
+    except MissingMandatoryValue as error:
+        key = getattr(error, "full_key", "?")
+        raise ConfigError(f"{source}: {key}: a value is required (set it in the job file or as {key}=...)") from None
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "?"
+        raise ConfigError(f"{source}: {key}: {_first_line(error)}") from None
+    loaded = LoadedJob(job, source, file_keys, override_keys)
+    validate_job(loaded)
+    return loaded
+
+
+def _problems(job: JobConfig) -> list[tuple[str, str]]:
+    """(key, what is wrong) for every impossible value, in schema order."""
+    out: list[tuple[str, str]] = []
+    v, s, o, p = job.video, job.sampler, job.output, job.prompts
+    for key, value in (("video.width", v.width), ("video.height", v.height)):
+        if value <= 0 or value % 8:
+            out.append((key, f"{value} is not a positive multiple of 8 (the VAE downsamples by 8)"))
+    if v.num_frames < 1:
+        out.append(("video.num_frames", f"{v.num_frames}: a video needs at least one frame"))
+    if v.fps < 1:
+        out.append(("video.fps", f"{v.fps}: frames per second must be >= 1"))
+    if s.steps < 1:
+        out.append(("sampler.steps", f"{s.steps}: at least one denoising step is needed"))
+    if s.guidance_scale < 0:
+        out.append(("sampler.guidance_scale", f"{s.guidance_scale}: must be >= 0 (1 disables guidance)"))
+    if not 0.0 <= s.eta <= 1.0:
+        out.append(("sampler.eta", f"{s.eta}: must be within [0, 1]"))
+    if s.eta > 0 and s.name not in ("ddim",):
+        out.append(("sampler.eta", f"eta applies to ddim only, not to {s.name}"))
+    if s.checkpoint_every < 0:
+        out.append(("sampler.checkpoint_every", f"{s.checkpoint_every}: must be >= 0 (0 = no checkpoints)"))
+    if job.noise.seed < -1:
+        out.append(("noise.seed", f"{job.noise.seed}: a seed is >= 0, or -1 to draw one"))
+    if job.parallel.clip < 1:
+        out.append(("parallel.clip", f"{job.parallel.clip}: at least one worker"))
+    elif job.parallel.clip > v.num_frames:
+        out.append(("parallel.clip", f"{job.parallel.clip} workers cannot split {v.num_frames} frames"))
+    if Path(o.path).suffix.lower() not in OUTPUT_FORMATS:
+        out.append(("output.path", f"{o.path}: use .mp4, .gif, or no suffix for a folder of PNG frames"))
+    if not 0 <= o.crf <= 51:
+        out.append(("output.crf", f"{o.crf}: libx264 CRF is within [0, 51]"))
+    if o.decode_chunk_frames < 1:
+        out.append(("output.decode_chunk_frames", f"{o.decode_chunk_frames}: must be >= 1"))
+    if p.text and p.schedule:
+        out.append(("prompts.schedule", "give either prompts.text or prompts.schedule, not both"))
+    if not p.text and not p.schedule:
+        out.append(("prompts.text", "a prompt is required (prompts.text or prompts.schedule)"))
+    if p.blend_frames < 0:
+        out.append(("prompts.blend_frames", f"{p.blend_frames}: must be >= 0"))
+    for i, seg in enumerate(p.schedule):
+        key = f"prompts.schedule[{i}]"
+        end = v.num_frames if seg.end is None else seg.end
+        if not 0 <= seg.start < end <= v.num_frames:
+            out.append((key, f"frames [{seg.start}, {seg.end}) are not within the video's {v.num_frames} frames"))
+    if p.schedule:
+        out.extend(_schedule_gaps(p.schedule, v.num_frames))
+    return out
+
+
+def _schedule_gaps(schedule: list[PromptSegment], num_frames: int) -> list[tuple[str, str]]:
+    covered = [False] * num_frames
+    for seg in schedule:
+        end = num_frames if seg.end is None else seg.end
+        for f in range(max(seg.start, 0), min(end, num_frames)):
+            if covered[f]:
+                return [("prompts.schedule", f"frame {f} is covered by more than one prompt")]
+            covered[f] = True
+    if not all(covered):
+        first = covered.index(False)
+        return [("prompts.schedule", f"frame {first} has no prompt; the schedule must cover every frame")]
+    return []
+
+
+def validate_job(loaded: LoadedJob) -> None:
+    problems = _problems(loaded.config)
+    if problems:
+        key, message = problems[0]
+        raise ConfigError(f"{loaded.origin(key)}: {key}: {message}")
+
+
+def resolve_seed(job: JobConfig) -> int:
+    """The job's seed, drawing (and recording in ``job``) a fresh one for ``-1``."""
+    if job.noise.seed == -1:
+        job.noise.seed = secrets.randbelow(2**31)
+    return job.noise.seed
+
+
+def to_yaml(job: JobConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(job))

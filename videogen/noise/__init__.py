@@ -1,0 +1,1 @@
+"""Noise sources for the sampler: per-frame Gaussian, warped (Go-with-the-Flow), image prior (TRIP)."""

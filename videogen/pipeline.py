@@ -1,0 +1,207 @@
+"""One worker's render: prompts -> embeddings -> noise -> sampling loop -> decode -> writer.
+
+A single-process render is the N-worker render with N = 1 (ARCHITECTURE.md, principle 3): the
+parallel runtime calls the same functions with a :class:`WorkerSlot` that names the frames this
+worker owns, the hooks it adds and how it installs itself on the UNet.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from videogen.checkpoint import (
+    CheckpointHook,
+    checkpoint_dir,
+    job_fingerprint,
+    latest_checkpoint_step,
+    load_checkpoint,
+)
+from videogen.config import JobConfig, resolve_seed, to_yaml
+from videogen.decode import decode_chunks, to_uint8
+from videogen.errors import ConfigError, VideogenError
+from videogen.io.atomic import write_text_atomic
+from videogen.io.writer import open_sink
+from videogen.models.attention import set_attention_backend
+from videogen.models.frame_context import FrameContext, install_frame_context
+from videogen.models.loader import ModelBundle, load_bundle
+from videogen.noise.gaussian import video_noise
+from videogen.prompts import build_text_context
+from videogen.sampling import Denoiser, ProgressHook, StepHook, make_scheduler, restore_scheduler_state, run_steps
+
+Installer = Callable[[torch.nn.Module, Denoiser], Callable[[], None]]
+
+
+@dataclass
+class WorkerSlot:
+    """The part of a render one process does. The default is the whole video on one worker."""
+
+    rank: int = 0
+    world_size: int = 1
+    frames: range | None = None
+    hooks: list[StepHook] = field(default_factory=list)
+    install: Installer | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class RenderResult:
+    output: Path
+    seed: int
+    frames: int
+    seconds: float
+    model_evaluations: int
+    resumed_from_step: int | None = None
+
+
+def check_size(job: JobConfig, bundle: ModelBundle) -> None:
+    multiple = bundle.size_multiple
+    for key, value in (("video.width", job.video.width), ("video.height", job.video.height)):
+        if value % multiple:
+            raise ConfigError(
+                f"{key}: {value} is not a multiple of {multiple}, which this model needs "
+                f"(VAE x{bundle.vae_scale_factor}, {len(bundle.unet.config.block_out_channels)} UNet levels)"
+            )
+
+
+def latent_shape(job: JobConfig, bundle: ModelBundle) -> tuple[int, int, int]:
+    f = bundle.vae_scale_factor
+    return bundle.latent_channels, job.video.height // f, job.video.width // f
+
+
+def initial_noise(job: JobConfig, seed: int, frames: range, bundle: ModelBundle) -> torch.Tensor:
+    """Unit-variance noise for the global ``frames``, from (seed, global frame index) only."""
+    channels, height, width = latent_shape(job, bundle)
+    return video_noise(seed, frames, channels, height, width, stream="init")
+
+
+def _step_noise(seed: int, frames: range, shape: tuple[int, int, int]):
+    def draw(index: int, latents: torch.Tensor) -> torch.Tensor:
+        noise = video_noise(seed, frames, *shape, stream="step", step=index)
+        return noise.to(device=latents.device, dtype=latents.dtype)
+
+    return draw
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("videogen", "torch", "diffusers", "transformers", "av", "omegaconf", "ray", "xformers"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def write_job_record(job: JobConfig, result_meta: dict, output: Path) -> None:
+    """``<output>.job.yaml`` (the resolved job, seed included) and ``<output>.meta.json``."""
+    write_text_atomic(Path(f"{output}.job.yaml"), to_yaml(job))
+    write_text_atomic(Path(f"{output}.meta.json"), json.dumps(result_meta, indent=2, default=str) + "\n")
+
+
+def denoise(
+    job: JobConfig,
+    bundle: ModelBundle,
+    seed: int,
+    slot: WorkerSlot,
+    resume: bool = False,
+    progress: bool = True,
+) -> tuple[torch.Tensor, int, int | None]:
+    """Sample this worker's latents. Returns (latents, model evaluations, resumed step)."""
+    frames = slot.frames if slot.frames is not None else range(job.video.num_frames)
+    text = build_text_context(bundle.tokenizer, bundle.text_encoder, job.prompts, job.video.num_frames, frames)
+    frame_context = FrameContext() if text.per_frame else None
+    remove_context = install_frame_context(bundle.unet, frame_context) if frame_context else None
+    denoiser = Denoiser(bundle.unet, text, job.sampler.guidance_scale, frame_context)
+    remove_parallel = slot.install(bundle.unet, denoiser) if slot.install else None
+    try:
+        scheduler = make_scheduler(job.sampler.name, bundle.scheduler_config, job.model.prediction_type)
+        scheduler.set_timesteps(job.sampler.steps, device=bundle.device)
+        latents = initial_noise(job, seed, frames, bundle).to(bundle.device) * scheduler.init_noise_sigma
+        fingerprint = job_fingerprint(job)
+        ckpt_dir = checkpoint_dir(job)
+        start, resumed = 0, None
+        if resume:
+            step = latest_checkpoint_step(ckpt_dir, frames)
+            if step is None:
+                raise VideogenError(f"--resume: no checkpoint for frames {frames.start}-{frames.stop} in {ckpt_dir}")
+            ckpt = load_checkpoint(ckpt_dir, frames, step, fingerprint)
+            restore_scheduler_state(scheduler, ckpt.scheduler_tensors, ckpt.scheduler_values, bundle.device)
+            latents = ckpt.latents.to(bundle.device)
+            start, resumed = step + 1, step
+        hooks = list(slot.hooks)
+        if job.sampler.checkpoint_every > 0:
+            hooks.append(CheckpointHook(ckpt_dir, job.sampler.checkpoint_every, frames, fingerprint))
+        hooks.append(ProgressHook(len(scheduler.timesteps), start, enabled=progress and slot.is_main))
+        latents = run_steps(
+            denoiser,
+            scheduler,
+            latents,
+            frames,
+            hooks,
+            start_index=start,
+            eta=job.sampler.eta,
+            step_noise=_step_noise(seed, frames, latent_shape(job, bundle)),
+        )
+    finally:
+        if remove_parallel:
+            remove_parallel()
+        if remove_context:
+            remove_context()
+    return latents, denoiser.evaluations, resumed
+
+
+def decode_to(job: JobConfig, bundle: ModelBundle, latents: torch.Tensor, output: Path) -> int:
+    """Decode ``latents`` chunk by chunk into ``output``; returns the number of frames written."""
+    with open_sink(output, job.video.fps, job.output.crf) as sink:
+        for chunk in decode_chunks(bundle.vae, latents, job.output.decode_chunk_frames):
+            sink.write(to_uint8(chunk))
+        return sink.frames_written
+
+
+def prepare_bundle(job: JobConfig, bundle: ModelBundle | None = None) -> ModelBundle:
+    bundle = bundle or load_bundle(job.model)
+    set_attention_backend(bundle.unet, job.model.attention)
+    check_size(job, bundle)
+    return bundle
+
+
+def render(
+    job: JobConfig,
+    *,
+    resume: bool = False,
+    bundle: ModelBundle | None = None,
+    progress: bool = True,
+) -> RenderResult:
+    """Render ``job`` on this process and write ``job.output.path`` (atomically)."""
+    started = time.perf_counter()
+    seed = resolve_seed(job)
+    bundle = prepare_bundle(job, bundle)
+    latents, evaluations, resumed = denoise(job, bundle, seed, WorkerSlot(), resume=resume, progress=progress)
+    output = Path(job.output.path)
+    frames = decode_to(job, bundle, latents, output)
+    seconds = time.perf_counter() - started
+    write_job_record(
+        job,
+        {
+            "seed": seed,
+            "frames": frames,
+            "seconds": round(seconds, 3),
+            "model_evaluations": evaluations,
+            "resumed_from_step": resumed,
+            "device": str(bundle.device),
+            "versions": package_versions(),
+        },
+        output,
+    )
+    return RenderResult(output, seed, frames, seconds, evaluations, resumed)

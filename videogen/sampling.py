@@ -1,0 +1,225 @@
+"""The denoising loop: a diffusers scheduler, classifier-free guidance and per-step hooks.
+
+For each timestep ``t`` the loop computes the guided model output
+``o = o_u + s * (o_c - o_u)`` (``s`` = guidance scale; ``o`` is epsilon or v, as the model
+predicts), lets the hooks adjust it, takes one scheduler step, and tells the hooks the new
+latents. Latents are ``(B, C, F, H, W)``; the schedulers act elementwise, so any frame slice of
+the video can be stepped on its own, which is what clip workers do.
+
+Hooks are how the rest of the system plugs in without forking the loop: parallel modes, noise
+priors, checkpoints and progress all implement :class:`StepHook`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from videogen.models.frame_context import FrameContext
+from videogen.prompts import TextContext
+
+SCHEDULERS: dict[str, type[SchedulerMixin]] = {
+    "ddim": DDIMScheduler,
+    "euler": EulerDiscreteScheduler,
+    "dpmpp": DPMSolverMultistepScheduler,
+    "unipc": UniPCMultistepScheduler,
+}
+_SCHEDULER_EXTRAS: dict[str, dict[str, Any]] = {"dpmpp": {"algorithm_type": "dpmsolver++"}}
+
+
+def make_scheduler(name: str, base_config: dict[str, Any], prediction_type: str = "auto") -> SchedulerMixin:
+    """A fresh scheduler of kind ``name`` on the model's noise schedule (betas, timesteps)."""
+    overrides = dict(_SCHEDULER_EXTRAS.get(name, {}))
+    if prediction_type != "auto":
+        overrides["prediction_type"] = prediction_type
+    return SCHEDULERS[name].from_config(base_config, **overrides)
+
+
+@dataclass
+class StepContext:
+    """Where the loop is: step ``index`` of ``num_steps`` at timestep ``timestep``."""
+
+    index: int
+    num_steps: int
+    timestep: torch.Tensor
+    scheduler: SchedulerMixin
+    frames: range
+
+
+class StepHook:
+    """Callbacks around one denoising step. Subclasses override what they need."""
+
+    def on_model_output(self, ctx: StepContext, latents: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """Adjust the guided model output before the scheduler step (e.g. a noise prior)."""
+        return output
+
+    def on_step_end(self, ctx: StepContext, latents: torch.Tensor) -> None:
+        """See the latents after the step (checkpoints, progress, previews)."""
+
+
+class Denoiser:
+    """Guided model output for a frame slice: ``o_u + s (o_c - o_u)``, batched as ``[uncond, cond]``.
+
+    ``before_call(t)`` callbacks run before every UNet call (e.g. a timestep-dependent attention
+    schedule in a parallel mode).
+    """
+
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        text: TextContext,
+        guidance_scale: float,
+        frame_context: FrameContext | None = None,
+    ):
+        self.unet = unet
+        self.text = text
+        self.guidance_scale = guidance_scale
+        self.frame_context = frame_context
+        self.before_call: list[Callable[[torch.Tensor], None]] = []
+        self.evaluations = 0
+        if text.per_frame and frame_context is None:
+            raise ValueError("a per-frame prompt schedule needs a FrameContext installed on the UNet")
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance_scale > 1.0
+
+    def _context(self, num_frames: int) -> torch.Tensor:
+        cond, uncond = self.text.cond, self.text.uncond
+        if not self.text.per_frame:
+            return torch.cat([uncond, cond]) if self.guided else cond
+        if cond.shape[0] != num_frames:
+            raise ValueError(f"text context has {cond.shape[0]} frames, latents have {num_frames}")
+        per_frame = torch.cat([uncond.expand(num_frames, -1, -1), cond]) if self.guided else cond
+        self.frame_context.embeds = per_frame
+        batches = 2 if self.guided else 1
+        return per_frame[::num_frames][:batches]
+
+    @torch.no_grad()
+    def __call__(self, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        for callback in self.before_call:
+            callback(timestep)
+        model_in = torch.cat([latents, latents]) if self.guided else latents
+        context = self._context(latents.shape[2]).to(dtype=self.unet.dtype)
+        output = self.unet(model_in.to(self.unet.dtype), timestep, encoder_hidden_states=context).sample
+        self.evaluations += 1
+        output = output.to(latents.dtype)
+        if not self.guided:
+            return output
+        uncond, cond = output.chunk(2)
+        return uncond + self.guidance_scale * (cond - uncond)
+
+
+StepNoise = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+def _step_kwargs(scheduler: SchedulerMixin, eta: float) -> dict[str, Any]:
+    params = inspect.signature(scheduler.step).parameters
+    return {"eta": eta} if "eta" in params else {}
+
+
+def run_steps(
+    denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    scheduler: SchedulerMixin,
+    latents: torch.Tensor,
+    frames: range,
+    hooks: Sequence[StepHook] = (),
+    start_index: int = 0,
+    eta: float = 0.0,
+    step_noise: StepNoise | None = None,
+) -> torch.Tensor:
+    """Denoise ``latents`` from step ``start_index`` to the end of ``scheduler.timesteps``.
+
+    The caller has already called ``scheduler.set_timesteps`` (and restored its state when
+    resuming). ``step_noise(index, latents)`` supplies the DDIM ``eta > 0`` noise, so it can be
+    drawn per global frame and be identical however the video is split.
+    """
+    timesteps = scheduler.timesteps
+    num_steps = len(timesteps)
+    kwargs = _step_kwargs(scheduler, eta)
+    for index in range(start_index, num_steps):
+        t = timesteps[index]
+        ctx = StepContext(index, num_steps, t, scheduler, frames)
+        output = denoiser(scheduler.scale_model_input(latents, t), t)
+        for hook in hooks:
+            output = hook.on_model_output(ctx, latents, output)
+        extra = dict(kwargs)
+        if eta > 0 and step_noise is not None:
+            extra["variance_noise"] = step_noise(index, latents)
+        latents = scheduler.step(output, t, latents, **extra).prev_sample
+        for hook in hooks:
+            hook.on_step_end(ctx, latents)
+    return latents
+
+
+def scheduler_state(scheduler: SchedulerMixin) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The scheduler's mutable state, as (tensors, JSON-able values), for checkpoints.
+
+    Multistep solvers keep a history (``model_outputs``, ``last_sample``, orders, step index);
+    resuming without it would change the video, so everything in ``vars(scheduler)`` but the
+    frozen config is saved. Lists become ``name.i`` entries; ``None`` items are recorded.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    values: dict[str, Any] = {}
+    for name, value in vars(scheduler).items():
+        if name == "_internal_dict":
+            continue
+        if isinstance(value, torch.Tensor):
+            tensors[name] = value.detach().cpu().contiguous()
+        elif isinstance(value, list):
+            values[name] = {"list": len(value)}
+            for i, item in enumerate(value):
+                if isinstance(item, torch.Tensor):
+                    tensors[f"{name}.{i}"] = item.detach().cpu().contiguous()
+                else:
+                    values[f"{name}.{i}"] = item
+        else:
+            values[name] = value
+    return tensors, values
+
+
+def restore_scheduler_state(
+    scheduler: SchedulerMixin, tensors: dict[str, torch.Tensor], values: dict[str, Any], device: torch.device
+) -> None:
+    """Inverse of :func:`scheduler_state` (tensors go back to ``device``)."""
+    for name, value in values.items():
+        if "." in name and name.rsplit(".", 1)[0] in values:
+            continue
+        if isinstance(value, dict) and "list" in value:
+            items = []
+            for i in range(value["list"]):
+                key = f"{name}.{i}"
+                items.append(tensors[key].to(device) if key in tensors else values.get(key))
+            setattr(scheduler, name, items)
+        else:
+            setattr(scheduler, name, value)
+    for name, tensor in tensors.items():
+        if "." not in name:
+            setattr(scheduler, name, tensor.to(device))
+
+
+class ProgressHook(StepHook):
+    """A tqdm bar over the steps with rate and ETA (rank 0 only in parallel renders)."""
+
+    def __init__(self, total: int, start: int = 0, desc: str = "denoise", enabled: bool = True):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=start, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True)
+        self.started = time.perf_counter()
+
+    def on_step_end(self, ctx: StepContext, latents: torch.Tensor) -> None:
+        self.bar.update(1)
+        if ctx.index + 1 == ctx.num_steps:
+            self.bar.close()
