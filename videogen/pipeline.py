@@ -29,9 +29,9 @@ from videogen.decode import decode_chunks, to_uint8
 from videogen.errors import ConfigError, VideogenError
 from videogen.io.atomic import write_text_atomic
 from videogen.io.writer import open_sink
-from videogen.models.attention import set_attention_backend
+from videogen.models.attention import check_backend, set_attention_backend
 from videogen.models.frame_context import FrameContext, install_frame_context
-from videogen.models.loader import ModelBundle, load_bundle
+from videogen.models.loader import DTYPES, ModelBundle, load_bundle, resolve_device
 from videogen.noise.gaussian import video_noise
 from videogen.prompts import build_text_context
 from videogen.sampling import Denoiser, ProgressHook, StepHook, make_scheduler, restore_scheduler_state, run_steps
@@ -170,7 +170,9 @@ def decode_to(job: JobConfig, bundle: ModelBundle, latents: torch.Tensor, output
 
 
 def prepare_bundle(job: JobConfig, bundle: ModelBundle | None = None) -> ModelBundle:
-    bundle = bundle or load_bundle(job.model)
+    if bundle is None:
+        check_backend(job.model.attention, resolve_device(job.model.device), DTYPES[job.model.dtype])
+        bundle = load_bundle(job.model)
     set_attention_backend(bundle.unet, job.model.attention)
     check_size(job, bundle)
     return bundle

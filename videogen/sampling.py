@@ -177,12 +177,12 @@ def scheduler_state(scheduler: SchedulerMixin) -> tuple[dict[str, torch.Tensor],
         if name == "_internal_dict":
             continue
         if isinstance(value, torch.Tensor):
-            tensors[name] = value.detach().cpu().contiguous()
+            tensors[name] = value.detach().cpu().clone()
         elif isinstance(value, list):
             values[name] = {"list": len(value)}
             for i, item in enumerate(value):
                 if isinstance(item, torch.Tensor):
-                    tensors[f"{name}.{i}"] = item.detach().cpu().contiguous()
+                    tensors[f"{name}.{i}"] = item.detach().cpu().clone()
                 else:
                     values[f"{name}.{i}"] = item
         else:

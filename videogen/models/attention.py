@@ -31,6 +31,14 @@ def _xformers_trial(device: torch.device, dtype: torch.dtype) -> None:
         raise ConfigError(f"model.attention: xformers cannot run here: {first}") from None
 
 
+def check_backend(backend: str, device: torch.device, dtype: torch.dtype) -> None:
+    """Fail before any weights load if ``backend`` cannot run on ``device``."""
+    if backend == "xformers":
+        _xformers_trial(device, dtype)
+    elif backend != "sdpa":
+        raise ConfigError(f"model.attention: unknown backend {backend!r} (sdpa or xformers)")
+
+
 def set_attention_backend(unet: UNet3DConditionModel, backend: str) -> None:
     """Install ``backend`` ("sdpa" or "xformers") on every attention module of ``unet``."""
     if backend == "sdpa":
