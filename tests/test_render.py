@@ -8,7 +8,9 @@ import av
 import pytest
 import torch
 
+from videogen.checkpoint import checkpoint_dir, checkpoint_steps, resume_step
 from videogen.config import load_job
+from videogen.errors import VideogenError
 from videogen.models.loader import load_bundle
 from videogen.pipeline import WorkerSlot, denoise, render
 from videogen.sampling import StepHook
@@ -60,8 +62,10 @@ def test_resume_after_interrupt_equals_uninterrupted_render(make_job, sampler, e
     full, _, _ = denoise(job, bundle, job.noise.seed, WorkerSlot(), progress=False)
     with pytest.raises(KeyboardInterrupt):
         denoise(job, bundle, job.noise.seed, WorkerSlot(hooks=[_Interrupt(at=4)]), progress=False)
-    resumed, evaluations, step = denoise(job, bundle, job.noise.seed, WorkerSlot(), resume=True, progress=False)
-    assert step == 3  # checkpoints after steps 2 and 4 (indices 1, 3); the interrupt hit index 4
+    directory = checkpoint_dir(job)
+    assert checkpoint_steps(directory, range(8)) == [1, 3]  # saved after steps 2 and 4; the interrupt hit index 4
+    step = resume_step(directory, range(8))
+    resumed, evaluations, _ = denoise(job, bundle, job.noise.seed, WorkerSlot(), resume_from=step, progress=False)
     assert evaluations == 2
     assert torch.equal(resumed, full)
 
@@ -72,14 +76,19 @@ def test_resume_refuses_a_changed_job(make_job):
     bundle = load_bundle(job.model)
     denoise(job, bundle, job.noise.seed, WorkerSlot(hooks=[]), progress=False)
     changed = load_job(path, ["prompts.text=something else"]).config
-    with pytest.raises(Exception, match="belongs to a different job"):
-        denoise(changed, bundle, changed.noise.seed, WorkerSlot(), resume=True, progress=False)
+    with pytest.raises(VideogenError, match="belongs to a different job"):
+        denoise(changed, bundle, changed.noise.seed, WorkerSlot(), resume_from=1, progress=False)
 
 
 def test_prompt_schedule_with_one_text_equals_single_prompt(make_job):
     single = load_job(make_job()).config
     schedule = load_job(
-        make_job(prompts={"text": "", "schedule": [{"text": "a red balloon", "end": 3}, {"text": "a red balloon", "start": 3}]})
+        make_job(
+            prompts={
+                "text": "",
+                "schedule": [{"text": "a red balloon", "end": 3}, {"text": "a red balloon", "start": 3}],
+            }
+        )
     ).config
     bundle = load_bundle(single.model)
     a, _, _ = denoise(single, bundle, 3, WorkerSlot(), progress=False)
@@ -89,13 +98,16 @@ def test_prompt_schedule_with_one_text_equals_single_prompt(make_job):
 
 def test_prompt_schedule_conditions_each_frame_on_its_prompt(make_job):
     job = load_job(
-        make_job(prompts={"text": "", "schedule": [{"text": "a red balloon", "end": 4}, {"text": "zebra", "start": 4}]},
-                 sampler={"guidance_scale": 1.0})
+        make_job(
+            prompts={"text": "", "schedule": [{"text": "a red balloon", "end": 4}, {"text": "zebra", "start": 4}]},
+            sampler={"guidance_scale": 1.0},
+        )
     ).config
     bundle = load_bundle(job.model)
     mixed, _, _ = denoise(job, bundle, 3, WorkerSlot(), progress=False)
-    single, _, _ = denoise(load_job(make_job(sampler={"guidance_scale": 1.0})).config, bundle, 3, WorkerSlot(),
-                           progress=False)
+    single, _, _ = denoise(
+        load_job(make_job(sampler={"guidance_scale": 1.0})).config, bundle, 3, WorkerSlot(), progress=False
+    )
     # the two halves differ from the single-prompt render, the second far more than the first
     early = (mixed[:, :, :4] - single[:, :, :4]).abs().mean()
     late = (mixed[:, :, 4:] - single[:, :, 4:]).abs().mean()
@@ -123,6 +135,7 @@ def test_failed_render_leaves_no_output(make_job, tmp_path, monkeypatch):
 
 
 def test_frame_count_not_a_multiple_of_the_chunk(make_job):
-    result = render(load_job(make_job(video={"num_frames": 7}), ["output.decode_chunk_frames=3"]).config,
-                    progress=False)
+    result = render(
+        load_job(make_job(video={"num_frames": 7}), ["output.decode_chunk_frames=3"]).config, progress=False
+    )
     assert len(_read_mp4(result.output)[0]) == 7

@@ -53,8 +53,15 @@ class Checkpoint:
     scheduler_values: dict[str, Any]
 
 
+KEEP = 2  # newest checkpoints kept per worker: ranks may be one checkpoint apart when one dies
+
+
 class CheckpointHook(StepHook):
-    """Saves this worker's latents every ``every`` steps (never after the last step)."""
+    """Saves this worker's latents every ``every`` steps (never after the last step).
+
+    The two newest checkpoints are kept, so workers that stopped one checkpoint apart (one died
+    while the others were saving) still share a step to resume from.
+    """
 
     def __init__(self, directory: Path, every: int, frames: range, fingerprint: str):
         self.directory, self.every, self.frames, self.fingerprint = Path(directory), every, frames, fingerprint
@@ -72,19 +79,26 @@ class CheckpointHook(StepHook):
         partial = target.with_name(f".{target.name}.partial")
         save_file(payload, str(partial), metadata=meta)
         os.replace(partial, target)
-        for old in self.directory.glob(f"step*.frames{self.frames.start}-{self.frames.stop}.safetensors"):
-            if old != target:
-                old.unlink(missing_ok=True)
+        mine = sorted(self.directory.glob(f"step*.frames{self.frames.start}-{self.frames.stop}.safetensors"))
+        for old in mine[:-KEEP]:
+            old.unlink(missing_ok=True)
 
 
-def latest_checkpoint_step(directory: Path, frames: range) -> int | None:
-    """The last completed step index saved for exactly these frames, if any."""
-    steps = [
+def checkpoint_steps(directory: Path, frames: range) -> list[int]:
+    """The step indices saved for exactly these frames, oldest first."""
+    return sorted(
         int(m.group(1))
         for p in Path(directory).glob("step*.safetensors")
         if (m := _NAME.match(p.name)) and (int(m.group(2)), int(m.group(3))) == (frames.start, frames.stop)
-    ]
-    return max(steps) if steps else None
+    )
+
+
+def resume_step(directory: Path, frames: range) -> int:
+    """The newest saved step for these frames, or an error saying there is nothing to resume."""
+    steps = checkpoint_steps(directory, frames)
+    if not steps:
+        raise VideogenError(f"--resume: no checkpoint for frames {frames.start}-{frames.stop} in {directory}")
+    return steps[-1]
 
 
 def load_checkpoint(directory: Path, frames: range, step: int, fingerprint: str) -> Checkpoint:

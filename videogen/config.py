@@ -95,10 +95,56 @@ class NoiseConfig:
 
 
 @dataclass
+class DualScopeSection:
+    """Video-Infinity's dual-scope attention (parallel.clip_mode: dual_scope).
+
+    Each query attends to frames within ``local_radius`` of it and to ``global_frames`` frames
+    spread over the whole video; before ``switch_timestep`` (t >= switch) the global scope gets
+    ``scope_bias`` extra logit, after it the local scope does.
+    """
+
+    local_radius: int = 8
+    global_frames: int = 16
+    switch_timestep: float = 800.0
+    scope_bias: float = 10.0
+
+
+@dataclass
 class ParallelConfig:
-    """How many workers split the video. ``clip``: workers along the frame axis."""
+    """How workers split the video.
+
+    ``clip``: workers along the frame axis, each owning a contiguous clip. ``clip_mode``:
+    ``exact`` (temporal attention sees every frame; the video equals the one-worker render) or
+    ``dual_scope`` (local window + global frames, Video-Infinity). ``groupnorm``: temporal
+    GroupNorm statistics over the whole video (``exact``) or per clip (``local``, dual-scope
+    only). ``launcher``: ``ray`` (actors in a placement group; a local Ray instance unless
+    ``ray.address`` is set) or ``local`` (processes on this machine, no Ray).
+    ``threads_per_worker``: torch CPU threads per worker (0 = torch's default).
+    """
 
     clip: int = 1
+    clip_mode: Literal["exact", "dual_scope"] = "exact"
+    groupnorm: Literal["exact", "local"] = "exact"
+    dual_scope: DualScopeSection = field(default_factory=DualScopeSection)
+    launcher: Literal["ray", "local"] = "ray"
+    threads_per_worker: int = 0
+
+
+@dataclass
+class RayConfig:
+    """The Ray cluster for multi-worker renders.
+
+    ``address``: ``null`` starts a local Ray instance for this render; ``auto`` or
+    ``ray://host:10001`` / ``host:6379`` joins a running cluster. ``placement``: the placement
+    group strategy (``PACK`` keeps a clip group on as few nodes as possible).
+    ``gpus_per_worker``: ``-1`` = 1 when the cluster has GPUs, else 0.
+    """
+
+    address: str | None = None
+    placement: Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] = "PACK"
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = -1.0
+    startup_timeout_s: float = 300.0
 
 
 @dataclass
@@ -123,6 +169,7 @@ class JobConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
 
@@ -249,10 +296,7 @@ def _problems(job: JobConfig) -> list[tuple[str, str]]:
         out.append(("sampler.checkpoint_every", f"{s.checkpoint_every}: must be >= 0 (0 = no checkpoints)"))
     if job.noise.seed < -1:
         out.append(("noise.seed", f"{job.noise.seed}: a seed is >= 0, or -1 to draw one"))
-    if job.parallel.clip < 1:
-        out.append(("parallel.clip", f"{job.parallel.clip}: at least one worker"))
-    elif job.parallel.clip > v.num_frames:
-        out.append(("parallel.clip", f"{job.parallel.clip} workers cannot split {v.num_frames} frames"))
+    out.extend(_parallel_problems(job))
     if Path(o.path).suffix.lower() not in OUTPUT_FORMATS:
         out.append(("output.path", f"{o.path}: use .mp4, .gif, or no suffix for a folder of PNG frames"))
     if not 0 <= o.crf <= 51:
@@ -272,6 +316,28 @@ def _problems(job: JobConfig) -> list[tuple[str, str]]:
             out.append((key, f"frames [{seg.start}, {seg.end}) are not within the video's {v.num_frames} frames"))
     if p.schedule:
         out.extend(_schedule_gaps(p.schedule, v.num_frames))
+    return out
+
+
+def _parallel_problems(job: JobConfig) -> list[tuple[str, str]]:
+    par, out = job.parallel, []
+    if par.clip < 1:
+        out.append(("parallel.clip", f"{par.clip}: at least one worker"))
+    elif par.clip > job.video.num_frames:
+        out.append(("parallel.clip", f"{par.clip} workers cannot split {job.video.num_frames} frames"))
+    if par.clip_mode == "exact" and par.groupnorm != "exact":
+        out.append(("parallel.groupnorm", "local statistics only go with parallel.clip_mode: dual_scope"))
+    ds = par.dual_scope
+    if ds.local_radius < 1:
+        out.append(("parallel.dual_scope.local_radius", f"{ds.local_radius}: must be >= 1"))
+    if ds.global_frames < 1:
+        out.append(("parallel.dual_scope.global_frames", f"{ds.global_frames}: must be >= 1"))
+    if par.threads_per_worker < 0:
+        out.append(("parallel.threads_per_worker", f"{par.threads_per_worker}: must be >= 0 (0 = default)"))
+    if par.clip > 1 and Path(job.output.path).suffix.lower() == ".gif":
+        out.append(("output.path", "GIF cannot be joined from worker segments; use .mp4 or a PNG folder"))
+    if job.ray.cpus_per_worker < 0 or (job.ray.gpus_per_worker < 0 and job.ray.gpus_per_worker != -1):
+        out.append(("ray", "cpus_per_worker must be >= 0 and gpus_per_worker >= 0 or -1 (auto)"))
     return out
 
 

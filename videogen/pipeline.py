@@ -21,12 +21,12 @@ from videogen.checkpoint import (
     CheckpointHook,
     checkpoint_dir,
     job_fingerprint,
-    latest_checkpoint_step,
     load_checkpoint,
+    resume_step,
 )
 from videogen.config import JobConfig, resolve_seed, to_yaml
 from videogen.decode import decode_chunks, to_uint8
-from videogen.errors import ConfigError, VideogenError
+from videogen.errors import ConfigError
 from videogen.io.atomic import write_text_atomic
 from videogen.io.writer import open_sink
 from videogen.models.attention import check_backend, set_attention_backend
@@ -62,6 +62,10 @@ class RenderResult:
     seconds: float
     model_evaluations: int
     resumed_from_step: int | None = None
+
+
+def slot_frames(job: JobConfig, slot: WorkerSlot) -> range:
+    return slot.frames if slot.frames is not None else range(job.video.num_frames)
 
 
 def check_size(job: JobConfig, bundle: ModelBundle) -> None:
@@ -114,11 +118,14 @@ def denoise(
     bundle: ModelBundle,
     seed: int,
     slot: WorkerSlot,
-    resume: bool = False,
+    resume_from: int | None = None,
     progress: bool = True,
 ) -> tuple[torch.Tensor, int, int | None]:
-    """Sample this worker's latents. Returns (latents, model evaluations, resumed step)."""
-    frames = slot.frames if slot.frames is not None else range(job.video.num_frames)
+    """Sample this worker's latents, from the checkpoint of step ``resume_from`` if given.
+
+    Returns (latents, model evaluations, resumed step).
+    """
+    frames = slot_frames(job, slot)
     text = build_text_context(bundle.tokenizer, bundle.text_encoder, job.prompts, job.video.num_frames, frames)
     frame_context = FrameContext() if text.per_frame else None
     remove_context = install_frame_context(bundle.unet, frame_context) if frame_context else None
@@ -130,15 +137,12 @@ def denoise(
         latents = initial_noise(job, seed, frames, bundle).to(bundle.device) * scheduler.init_noise_sigma
         fingerprint = job_fingerprint(job)
         ckpt_dir = checkpoint_dir(job)
-        start, resumed = 0, None
-        if resume:
-            step = latest_checkpoint_step(ckpt_dir, frames)
-            if step is None:
-                raise VideogenError(f"--resume: no checkpoint for frames {frames.start}-{frames.stop} in {ckpt_dir}")
-            ckpt = load_checkpoint(ckpt_dir, frames, step, fingerprint)
+        start = 0
+        if resume_from is not None:
+            ckpt = load_checkpoint(ckpt_dir, frames, resume_from, fingerprint)
             restore_scheduler_state(scheduler, ckpt.scheduler_tensors, ckpt.scheduler_values, bundle.device)
             latents = ckpt.latents.to(bundle.device)
-            start, resumed = step + 1, step
+            start = resume_from + 1
         hooks = list(slot.hooks)
         if job.sampler.checkpoint_every > 0:
             hooks.append(CheckpointHook(ckpt_dir, job.sampler.checkpoint_every, frames, fingerprint))
@@ -158,7 +162,7 @@ def denoise(
             remove_parallel()
         if remove_context:
             remove_context()
-    return latents, denoiser.evaluations, resumed
+    return latents, denoiser.evaluations, resume_from
 
 
 def decode_to(job: JobConfig, bundle: ModelBundle, latents: torch.Tensor, output: Path) -> int:
@@ -189,7 +193,9 @@ def render(
     started = time.perf_counter()
     seed = resolve_seed(job)
     bundle = prepare_bundle(job, bundle)
-    latents, evaluations, resumed = denoise(job, bundle, seed, WorkerSlot(), resume=resume, progress=progress)
+    slot = WorkerSlot()
+    start = resume_step(checkpoint_dir(job), slot_frames(job, slot)) if resume else None
+    latents, evaluations, resumed = denoise(job, bundle, seed, slot, resume_from=start, progress=progress)
     output = Path(job.output.path)
     frames = decode_to(job, bundle, latents, output)
     seconds = time.perf_counter() - started
