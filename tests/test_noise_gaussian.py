@@ -15,7 +15,13 @@ def test_a_frame_noise_does_not_depend_on_the_split():
 
 
 def test_streams_steps_and_seeds_are_independent():
-    seeds = {frame_seed(1, 0), frame_seed(2, 0), frame_seed(1, 1), frame_seed(1, 0, "step"), frame_seed(1, 0, "step", 1)}
+    seeds = {
+        frame_seed(1, 0),
+        frame_seed(2, 0),
+        frame_seed(1, 1),
+        frame_seed(1, 0, "step"),
+        frame_seed(1, 0, "step", 1),
+    }
     assert len(seeds) == 5
 
 

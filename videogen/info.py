@@ -47,9 +47,13 @@ def describe() -> str:
     lines.append(f"  cpu threads  {torch.get_num_threads()}")
     lines.append("")
     lines.append(f"  attention    sdpa: usable; xformers: {_xformers_status()}")
-    lines.append(f"  video read   pyav: {_module_status('av', 'missing')}; decord: "
-                 f"{_module_status('decord', 'not installed (optional, x86-64 only)')}")
-    lines.append(f"  distributed  gloo: {'usable' if torch.distributed.is_gloo_available() else 'missing'}; "
-                 f"nccl: {'usable' if torch.cuda.is_available() and torch.distributed.is_nccl_available() else 'no'}")
+    lines.append(
+        f"  video read   pyav: {_module_status('av', 'missing')}; decord: "
+        f"{_module_status('decord', 'not installed (optional, x86-64 only)')}"
+    )
+    lines.append(
+        f"  distributed  gloo: {'usable' if torch.distributed.is_gloo_available() else 'missing'}; "
+        f"nccl: {'usable' if torch.cuda.is_available() and torch.distributed.is_nccl_available() else 'no'}"
+    )
     lines.append(f"  ray          {_module_status('ray', 'not installed')}")
     return "\n".join(lines)

@@ -84,9 +84,7 @@ class TextContext:
         return self.cond.shape[0] > 1
 
 
-def build_text_context(
-    tokenizer, text_encoder, cfg: PromptsConfig, num_frames: int, frames: range
-) -> TextContext:
+def build_text_context(tokenizer, text_encoder, cfg: PromptsConfig, num_frames: int, frames: range) -> TextContext:
     """Encode each distinct prompt once and mix per frame for the frames in ``frames``."""
     segment_embeds = encode_texts(tokenizer, text_encoder, segment_texts(cfg))
     uncond = encode_texts(tokenizer, text_encoder, [cfg.negative])

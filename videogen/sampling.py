@@ -13,7 +13,6 @@ priors, checkpoints and progress all implement :class:`StepHook`.
 from __future__ import annotations
 
 import inspect
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +83,7 @@ class Denoiser:
         frame_context: FrameContext | None = None,
     ):
         self.unet = unet
+        self.dtype = next(unet.parameters()).dtype  # ModelMixin.dtype walks every parameter
         self.text = text
         self.guidance_scale = guidance_scale
         self.frame_context = frame_context
@@ -112,8 +112,8 @@ class Denoiser:
         for callback in self.before_call:
             callback(timestep)
         model_in = torch.cat([latents, latents]) if self.guided else latents
-        context = self._context(latents.shape[2]).to(dtype=self.unet.dtype)
-        output = self.unet(model_in.to(self.unet.dtype), timestep, encoder_hidden_states=context).sample
+        context = self._context(latents.shape[2]).to(dtype=self.dtype)
+        output = self.unet(model_in.to(self.dtype), timestep, encoder_hidden_states=context).sample
         self.evaluations += 1
         output = output.to(latents.dtype)
         if not self.guided:
@@ -217,7 +217,6 @@ class ProgressHook(StepHook):
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=total, initial=start, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True)
-        self.started = time.perf_counter()
 
     def on_step_end(self, ctx: StepContext, latents: torch.Tensor) -> None:
         self.bar.update(1)

@@ -26,8 +26,8 @@ class FrameContext:
 def is_spatial_cross_attention(processor_key: str) -> bool:
     """True for ``...attentions.N.transformer_blocks.M.attn2.processor`` outside temporal blocks."""
     parts = processor_key.split(".")
-    return "attn2" in parts and "attentions" in parts and "temp_attentions" not in parts and (
-        parts[0] != "transformer_in"
+    return (
+        "attn2" in parts and "attentions" in parts and "temp_attentions" not in parts and (parts[0] != "transformer_in")
     )
 
 
@@ -58,8 +58,6 @@ def install_frame_context(unet: UNet3DConditionModel, context: FrameContext):
 
     def remove() -> None:
         current = unet.attn_processors
-        unet.set_attn_processor(
-            {k: p.inner if isinstance(p, FrameContextProcessor) else p for k, p in current.items()}
-        )
+        unet.set_attn_processor({k: p.inner if isinstance(p, FrameContextProcessor) else p for k, p in current.items()})
 
     return remove

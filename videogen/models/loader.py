@@ -91,8 +91,11 @@ def component_dir(cfg: ModelConfig, component: str) -> Path | str:
     for candidate in (root / component, root):
         if _has_component_files(candidate, component):
             return candidate
-    expected = "tokenizer.json or vocab.json" if component == "tokenizer" else (
-        "scheduler_config.json" if component == "scheduler" else "config.json")
+    expected = (
+        "tokenizer.json or vocab.json"
+        if component == "tokenizer"
+        else ("scheduler_config.json" if component == "scheduler" else "config.json")
+    )
     raise ModelLoadError(f"{key}: {root} has no {component}/ folder with {expected}")
 
 
@@ -147,14 +150,36 @@ def load_bundle(cfg: ModelConfig) -> ModelBundle:
     folders = {c: component_dir(cfg, c) for c in COMPONENTS}
     for component in ("unet", "vae", "text_encoder"):
         _require_safetensors(folders[component], component)
-    unet = _load("UNet", folders["unet"], UNet3DConditionModel.from_pretrained, torch_dtype=dtype,
-                 use_safetensors=True, **_hub_kwargs(folders["unet"], "unet"))
-    vae = _load("VAE", folders["vae"], AutoencoderKL.from_pretrained, torch_dtype=dtype, use_safetensors=True,
-                **_hub_kwargs(folders["vae"], "vae"))
-    text_encoder = _load("text encoder", folders["text_encoder"], CLIPTextModel.from_pretrained, dtype=dtype,
-                         use_safetensors=True, **_hub_kwargs(folders["text_encoder"], "text_encoder"))
-    tokenizer = _load("tokenizer", folders["tokenizer"], CLIPTokenizer.from_pretrained,
-                      **_hub_kwargs(folders["tokenizer"], "tokenizer"))
+    unet = _load(
+        "UNet",
+        folders["unet"],
+        UNet3DConditionModel.from_pretrained,
+        torch_dtype=dtype,
+        use_safetensors=True,
+        **_hub_kwargs(folders["unet"], "unet"),
+    )
+    vae = _load(
+        "VAE",
+        folders["vae"],
+        AutoencoderKL.from_pretrained,
+        torch_dtype=dtype,
+        use_safetensors=True,
+        **_hub_kwargs(folders["vae"], "vae"),
+    )
+    text_encoder = _load(
+        "text encoder",
+        folders["text_encoder"],
+        CLIPTextModel.from_pretrained,
+        dtype=dtype,
+        use_safetensors=True,
+        **_hub_kwargs(folders["text_encoder"], "text_encoder"),
+    )
+    tokenizer = _load(
+        "tokenizer",
+        folders["tokenizer"],
+        CLIPTokenizer.from_pretrained,
+        **_hub_kwargs(folders["tokenizer"], "tokenizer"),
+    )
     if text_encoder.config.hidden_size != unet.config.cross_attention_dim:
         raise ModelLoadError(
             f"text encoder width {text_encoder.config.hidden_size} does not match the UNet's "
