@@ -139,3 +139,25 @@ def test_frame_count_not_a_multiple_of_the_chunk(make_job):
         load_job(make_job(video={"num_frames": 7}), ["output.decode_chunk_frames=3"]).config, progress=False
     )
     assert len(_read_mp4(result.output)[0]) == 7
+
+
+def test_warped_noise_render_moves_the_initial_noise(make_job):
+    from videogen.pipeline import initial_noise
+
+    warped = {
+        "kind": "warped",
+        "warped": {"source": "camera", "degradation": 0.0, "upsample": 1, "camera": {"moves": [{"pan": 0.0625}]}},
+    }
+    job = load_job(make_job(noise=warped)).config
+    bundle = load_bundle(job.model)
+    noise = initial_noise(job, 3, range(8), bundle)[0]  # (C, F, 16, 16): a 1-latent-pixel pan per frame
+    shifted = torch.nn.functional.cosine_similarity(noise[:, 1, :, :-1].flatten(), noise[:, 0, :, 1:].flatten(), dim=0)
+    assert shifted > 0.9
+    assert render(job, progress=False).frames == 8
+
+
+def test_bad_warped_section_names_the_key(make_job):
+    from videogen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"job.yaml: noise.warped.degradation"):
+        load_job(make_job(noise={"kind": "warped", "warped": {"degradation": 3.0}}))

@@ -20,8 +20,11 @@ sections and keys (see configs/ and README.md for every default):
   prompts   text, negative, schedule (list of {text, start, end}), blend_frames
   video     width, height (multiples of 8), num_frames, fps
   sampler   name (ddim|euler|dpmpp|unipc), steps, guidance_scale, eta, checkpoint_every
-  noise     seed (-1 draws one), kind (gaussian)
-  parallel  clip (workers along the frame axis)
+  noise     seed (-1 draws one), kind (gaussian|warped), warped (motion: see docs/warped_noise.md)
+  parallel  clip (workers along the frame axis), clip_mode (exact|dual_scope), groupnorm (exact|local),
+            dual_scope.{local_radius,global_frames,switch_timestep,scope_bias}, launcher (ray|local),
+            threads_per_worker
+  ray       address (null = local instance), placement, cpus_per_worker, gpus_per_worker, startup_timeout_s
   output    path (.mp4, .gif, or no suffix for PNG frames), crf, decode_chunk_frames, checkpoint_dir
 """
 
@@ -41,8 +44,13 @@ def cmd_render(args: argparse.Namespace) -> int:
     from videogen.config import load_job
     from videogen.pipeline import render
 
-    loaded = load_job(args.job, args.overrides)
-    result = render(loaded.config, resume=args.resume, progress=not args.no_progress)
+    job = load_job(args.job, args.overrides).config
+    if job.parallel.clip > 1:
+        from parallel.runner import render_parallel
+
+        result = render_parallel(job, resume=args.resume, progress=not args.no_progress)
+    else:
+        result = render(job, resume=args.resume, progress=not args.no_progress)
     print(
         f"wrote {result.output} ({result.frames} frames, seed {result.seed}, "
         f"{result.model_evaluations} model evaluations, {result.seconds:.1f} s)"
@@ -96,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("out", help="folder to create")
     tiny.add_argument("--seed", type=int, default=0, help="weights are deterministic in this seed (default 0)")
     tiny.set_defaults(handler=cmd_build_tiny_model)
+
+    from videogen.noise.warp_cli import register as register_warp_noise
+
+    register_warp_noise(sub)
     return parser
 
 

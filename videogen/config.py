@@ -19,6 +19,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from videogen.errors import ConfigError
+from videogen.noise.warp_spec import WarpedNoiseSpec
+from videogen.noise.warp_spec import validate as validate_warped_spec
 
 
 @dataclass
@@ -88,10 +90,16 @@ class SamplerConfig:
 
 @dataclass
 class NoiseConfig:
-    """Initial noise. ``seed: -1`` draws a seed, which is recorded beside the output."""
+    """Initial noise. ``seed: -1`` draws a seed, which is recorded beside the output.
+
+    ``kind: gaussian`` draws frame ``i``'s noise from (seed, i); ``kind: warped`` warps noise
+    along a motion (camera moves, drags, a driving video's optical flow or a flow file) with
+    Go-with-the-Flow, configured in ``warped`` (docs/warped_noise.md).
+    """
 
     seed: int = 0
-    kind: Literal["gaussian"] = "gaussian"
+    kind: Literal["gaussian", "warped"] = "gaussian"
+    warped: WarpedNoiseSpec = field(default_factory=WarpedNoiseSpec)
 
 
 @dataclass
@@ -297,6 +305,12 @@ def _problems(job: JobConfig) -> list[tuple[str, str]]:
     if job.noise.seed < -1:
         out.append(("noise.seed", f"{job.noise.seed}: a seed is >= 0, or -1 to draw one"))
     out.extend(_parallel_problems(job))
+    if job.noise.kind == "warped":
+        try:
+            validate_warped_spec(job.noise.warped)
+        except ConfigError as error:
+            key, _, message = str(error).partition(": ")
+            out.append((key, message))
     if Path(o.path).suffix.lower() not in OUTPUT_FORMATS:
         out.append(("output.path", f"{o.path}: use .mp4, .gif, or no suffix for a folder of PNG frames"))
     if not 0 <= o.crf <= 51:

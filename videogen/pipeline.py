@@ -33,6 +33,7 @@ from videogen.models.attention import check_backend, set_attention_backend
 from videogen.models.frame_context import FrameContext, install_frame_context
 from videogen.models.loader import DTYPES, ModelBundle, load_bundle, resolve_device
 from videogen.noise.gaussian import video_noise
+from videogen.noise.warped_latents import warped_latent_noise
 from videogen.prompts import build_text_context
 from videogen.sampling import Denoiser, ProgressHook, StepHook, make_scheduler, restore_scheduler_state, run_steps
 
@@ -84,8 +85,14 @@ def latent_shape(job: JobConfig, bundle: ModelBundle) -> tuple[int, int, int]:
 
 
 def initial_noise(job: JobConfig, seed: int, frames: range, bundle: ModelBundle) -> torch.Tensor:
-    """Unit-variance noise for the global ``frames``, from (seed, global frame index) only."""
+    """Unit-variance noise for the global ``frames``, identical however the video is split.
+
+    Gaussian noise depends on (seed, global frame index) only; warped noise is computed along
+    the motion from frame 0, and each worker keeps its own frames of that sequence.
+    """
     channels, height, width = latent_shape(job, bundle)
+    if job.noise.kind == "warped":
+        return warped_latent_noise(job.noise.warped, seed, job.video.num_frames, channels, height, width, frames)
     return video_noise(seed, frames, channels, height, width, stream="init")
 
 

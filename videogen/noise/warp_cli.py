@@ -1,0 +1,190 @@
+"""``videogen warp-noise``: write warped noise (safetensors) and a preview mp4 from a motion spec.
+
+The noise file holds one float32 tensor ``noise`` shaped (F, C, H, W) plus the spec in its metadata;
+the preview shows the noise (first three channels as RGB) left of the flow as colour (hue =
+direction, brightness = speed). Both are streamed to temporary names and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import struct
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from videogen.errors import ConfigError, MediaError
+from videogen.io.atomic import commit, discard, partial_path
+from videogen.noise.flow import flow_to_rgb
+from videogen.noise.warp import torch_threads
+from videogen.noise.warp_spec import spec_from_yaml
+from videogen.noise.warped_latents import WarpedFrame, iter_warped_noise
+
+_PREVIEW_MIN_HEIGHT = 256
+_PREVIEW_FLOW_SPEED = 0.5  # output pixels per frame at which the flow colour is 1 - 1/e bright
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``warp-noise`` subcommand; its handler is ``args.handler(args) -> int``."""
+    parser = subparsers.add_parser(
+        "warp-noise",
+        help="write Go-with-the-Flow warped noise and a preview mp4 from a motion spec",
+        description=(
+            "Read a YAML file holding a noise.warped section (or a bare warped spec) and write "
+            "OUT.safetensors (key 'noise', shape (F, C, H, W)) and OUT.preview.mp4 (noise | flow colour)."
+        ),
+    )
+    parser.add_argument("config", help="YAML with noise: {kind: warped, warped: {...}} or a bare spec")
+    parser.add_argument("--frames", type=int, required=True, help="number of (latent) frames F")
+    parser.add_argument("--height", type=int, required=True, help="noise height H (latent rows)")
+    parser.add_argument("--width", type=int, required=True, help="noise width W (latent columns)")
+    parser.add_argument("--channels", type=int, default=4, help="noise channels C (default 4)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    parser.add_argument("--out", required=True, help="output prefix: writes OUT.safetensors and OUT.preview.mp4")
+    parser.add_argument("--fps", type=int, default=8, help="preview frame rate (default 8)")
+    parser.set_defaults(handler=cmd_warp_noise)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for name in ("frames", "height", "width", "channels", "fps"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+
+
+def cmd_warp_noise(args: argparse.Namespace) -> int:
+    """Handler of ``videogen warp-noise``."""
+    _check_args(args)
+    spec = spec_from_yaml(args.config)
+    noise_path = Path(f"{args.out}.safetensors")
+    preview_path = Path(f"{args.out}.preview.mp4")
+    shape = (args.frames, args.channels, args.height, args.width)
+    metadata = {"seed": str(args.seed), "spec": OmegaConf.to_yaml(OmegaConf.structured(spec))}
+    frames = iter_warped_noise(spec, args.seed, args.frames, args.channels, args.height, args.width)
+    with (
+        _SafetensorsStream(noise_path, "noise", shape, metadata) as noise_out,
+        _Preview(preview_path, args.height, args.width, args.fps) as preview,
+    ):
+        with torch_threads(1):
+            for frame in frames:
+                noise_out.write(frame.noise)
+                preview.write(frame)
+    print(f"wrote {noise_path} (noise {shape}) and {preview_path}")
+    return 0
+
+
+class _AtomicOutput:
+    """Context manager: :meth:`close` (commit) on success, :meth:`abort` (discard) on an exception."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+            return
+        try:
+            self.close()
+        except BaseException:
+            self.abort()
+            raise
+
+
+class _SafetensorsStream(_AtomicOutput):
+    """Writes one float32 tensor to a .safetensors file frame by frame.
+
+    Layout (the safetensors format): little-endian u64 header length, a JSON header padded with
+    spaces to a multiple of 8 bytes, then the raw little-endian data.
+    """
+
+    def __init__(self, target: Path, key: str, shape: tuple[int, ...], metadata: dict[str, str]) -> None:
+        self.target, self.partial = target, partial_path(target)
+        self.frame_shape = shape[1:]
+        self.expected, self.written = shape[0], 0
+        nbytes = 4 * math.prod(shape)
+        header = {
+            "__metadata__": metadata,
+            key: {"dtype": "F32", "shape": list(shape), "data_offsets": [0, nbytes]},
+        }
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.partial, "wb")
+        except OSError as exc:
+            raise MediaError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        self.file.write(struct.pack("<Q", len(blob)) + blob)
+
+    def write(self, frame: torch.Tensor) -> None:
+        if tuple(frame.shape) != self.frame_shape:
+            raise ValueError(f"frame {tuple(frame.shape)} does not match {self.frame_shape}")
+        self.file.write(frame.detach().cpu().float().contiguous().numpy().astype("<f4").tobytes())
+        self.written += 1
+
+    def close(self) -> None:
+        self.file.close()
+        if self.written != self.expected:
+            raise MediaError(f"{self.target}: wrote {self.written} of {self.expected} frames")
+        commit(self.partial, self.target)
+
+    def abort(self) -> None:
+        self.file.close()
+        discard(self.partial)
+
+
+def _noise_rgb(noise: torch.Tensor) -> np.ndarray:
+    """(C, H, W) noise to uint8 RGB: channels 0-2 (or channel 0 as grey), +-2 sigma spans 0..255."""
+    rgb = noise[:3] if noise.shape[0] >= 3 else noise[:1].expand(3, -1, -1)
+    scaled = (rgb.detach().cpu().float() / 4.0 + 0.5).clamp(0.0, 1.0) * 255.0
+    return scaled.round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+class _Preview(_AtomicOutput):
+    """libx264 yuv420p mp4: noise on the left, flow colour on the right, enlarged to >= 256 rows."""
+
+    def __init__(self, target: Path, height: int, width: int, fps: int) -> None:
+        self.target, self.partial = target, partial_path(target)
+        self.scale = max(1, math.ceil(_PREVIEW_MIN_HEIGHT / height))
+        self.height = height * self.scale + (height * self.scale) % 2
+        self.width = 2 * width * self.scale
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.container = av.open(str(self.partial), mode="w", format="mp4")
+        except (av.FFmpegError, OSError) as exc:
+            raise MediaError(f"cannot write {target}: {getattr(exc, 'strerror', None) or exc}") from exc
+        self.stream = self.container.add_stream("libx264", rate=Fraction(fps))
+        self.stream.width, self.stream.height, self.stream.pix_fmt = self.width, self.height, "yuv420p"
+        self.stream.options = {"crf": "18"}
+
+    def write(self, frame: WarpedFrame) -> None:
+        side = np.concatenate([_noise_rgb(frame.noise), flow_to_rgb(frame.flow, _PREVIEW_FLOW_SPEED)], axis=1)
+        big = side.repeat(self.scale, axis=0).repeat(self.scale, axis=1)
+        canvas = np.zeros((self.height, self.width, 3), dtype=np.uint8)
+        canvas[: big.shape[0]] = big
+        packets = self.stream.encode(av.VideoFrame.from_ndarray(canvas, format="rgb24"))
+        self.container.mux(packets)
+
+    def close(self) -> None:
+        self.container.mux(self.stream.encode())
+        self.container.close()
+        commit(self.partial, self.target)
+
+    def abort(self) -> None:
+        try:
+            self.container.close()
+        except (av.FFmpegError, OSError):
+            pass
+        discard(self.partial)
