@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import operator
+import os
 import platform
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +64,33 @@ def write_json(path: str | None, results: dict[str, Any], targets: dict[str, dic
         payload = {"machine": machine(), "targets": targets, **results}
         Path(path).write_text(json.dumps(payload, indent=2) + "\n")
         print(f"\nwrote {path}")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Samples this process's RSS every millisecond; ``peak - start`` is the extra memory used."""
+
+    def __enter__(self):
+        self.start = self.peak = _rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+    @property
+    def extra_mib(self) -> float:
+        return (self.peak - self.start) / 2**20

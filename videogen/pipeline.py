@@ -42,13 +42,20 @@ Installer = Callable[[torch.nn.Module, Denoiser], Callable[[], None]]
 
 @dataclass
 class WorkerSlot:
-    """The part of a render one process does. The default is the whole video on one worker."""
+    """The part of a render one process does. The default is the whole video on one worker.
+
+    ``frames``: the global frames this worker owns. ``hooks``: extra step hooks. ``install``:
+    called with (unet, denoiser) before sampling, returns the function that uninstalls it.
+    ``loop``: the denoising loop, :func:`videogen.sampling.run_steps` or a replacement with the
+    same signature (a step-parallel driver).
+    """
 
     rank: int = 0
     world_size: int = 1
     frames: range | None = None
     hooks: list[StepHook] = field(default_factory=list)
     install: Installer | None = None
+    loop: Callable[..., torch.Tensor] = run_steps
 
     @property
     def is_main(self) -> bool:
@@ -154,7 +161,7 @@ def denoise(
         if job.sampler.checkpoint_every > 0:
             hooks.append(CheckpointHook(ckpt_dir, job.sampler.checkpoint_every, frames, fingerprint))
         hooks.append(ProgressHook(len(scheduler.timesteps), start, enabled=progress and slot.is_main))
-        latents = run_steps(
+        latents = slot.loop(
             denoiser,
             scheduler,
             latents,

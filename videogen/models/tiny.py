@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+from diffusers.models.resnet import TemporalConvLayer
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -48,9 +49,14 @@ def tiny_tokenizer(max_tokens: int = DEFAULT_SPEC.max_tokens) -> CLIPTokenizer:
 
 
 def tiny_unet(spec: TinySpec = DEFAULT_SPEC, seed: int = 0) -> UNet3DConditionModel:
+    """A narrow UNet3D whose temporal convolutions really mix frames.
+
+    diffusers zero-initialises the last conv of every ``TemporalConvLayer`` (so a fresh layer is
+    the identity); a tiny model for tests needs them non-zero, or frame coupling goes untested.
+    """
     torch.manual_seed(seed)
     n = len(spec.unet_channels)
-    return UNet3DConditionModel(
+    unet = UNet3DConditionModel(
         block_out_channels=spec.unet_channels,
         layers_per_block=1,
         sample_size=32,
@@ -61,7 +67,11 @@ def tiny_unet(spec: TinySpec = DEFAULT_SPEC, seed: int = 0) -> UNet3DConditionMo
         cross_attention_dim=spec.text_dim,
         attention_head_dim=spec.attention_head_dim,
         norm_num_groups=spec.norm_groups,
-    ).eval()
+    )
+    for module in unet.modules():
+        if isinstance(module, TemporalConvLayer):
+            module.conv4[-1].reset_parameters()
+    return unet.eval()
 
 
 def tiny_vae(spec: TinySpec = DEFAULT_SPEC, seed: int = 0) -> AutoencoderKL:

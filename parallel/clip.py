@@ -1,0 +1,421 @@
+"""Clip parallelism for UNet3D video models (Video-Infinity, arXiv 2406.16260, section 4).
+
+Each worker of the ``clip`` axis owns a contiguous clip of frames and calls the UNet on its own
+frames only, ``(B, C, F_local, H, W)``. Spatial layers work frame by frame and need nothing; the
+layers that mix frames get what they need from the other clips:
+
+``TemporalConvLayer`` (four stages GroupNorm -> SiLU -> Conv3d with a ``(3, 1, 1)`` kernel)
+    One halo exchange of the layer's input: ``sum of temporal paddings`` (4) frames from each
+    neighbour. The stages then run on ``[halo | clip | halo]``, each conv shrinking the halo by
+    one frame, so the clip's output equals the whole-video layer's. At the ends of the video there
+    is no halo and each stage zero-pads exactly as the single-device conv does. GroupNorm
+    statistics are taken over the clip's own frames (the halo is normalised with them too).
+
+Temporal attention (``attn1`` and ``attn2`` of every ``TransformerTemporalModel``)
+    *exact*: the keys and values of all frames are all-gathered (one collective per attention).
+    *dual_scope*: keys and values of ``local_radius`` frames are exchanged with each neighbour,
+    and those of the global frames are all-gathered; the query then sees the masked local window
+    and the global frames as defined in :mod:`parallel.dual_scope` (two collectives).
+
+Temporal GroupNorm statistics (``TransformerTemporalModel.norm`` and the four norms of each
+``TemporalConvLayer``)
+    *exact*: every clip's ``(count, mean, M2)`` per group is all-gathered and combined with Chan's
+    parallel formula, so the statistics are those of the whole video (one small collective per
+    norm). *local*: each clip uses its own statistics and nothing is sent. Exact mode always uses
+    exact statistics; dual-scope mode takes either.
+
+In exact mode the clip outputs equal the single-device UNet output on the whole video. In
+dual-scope mode they equal :func:`parallel.dual_scope.apply_dual_scope_reference`.
+
+Everything is installed through diffusers attention processors and per-instance ``forward``
+wrappers found by module class (``temp_convs.*``, ``temp_attentions.*``, ``transformer_in``);
+the model's code is not edited, and :meth:`ClipParallelHandle.remove` restores it exactly.
+Every rank makes the same collectives in the same order: the layer order of the UNet.
+"""
+
+from __future__ import annotations
+
+import functools
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention
+from diffusers.models.resnet import TemporalConvLayer
+from torch import nn
+
+from parallel.comm import AxisComm
+from parallel.dual_scope import (
+    DualScopeConfig,
+    TemporalModules,
+    TimestepRecorder,
+    apply_group_norm,
+    check_temporal_call,
+    dual_scope_mask,
+    find_temporal_modules,
+    global_frame_indices,
+    group_stats,
+    patch_forward,
+    scope_biases,
+    temporal_output,
+    temporal_qkv,
+)
+from videogen.errors import ConfigError
+
+__all__ = [
+    "MODES",
+    "GROUPNORMS",
+    "ClipParallelConfig",
+    "ClipParallelHandle",
+    "apply_clip_parallel",
+    "collectives_per_forward",
+    "min_clip_frames",
+    "split_frames",
+]
+
+MODES = ("exact", "dual_scope")
+GROUPNORMS = ("exact", "local")
+CONV_HALO = 4  # TemporalConvLayer: four stacked convs with temporal kernel 3
+
+
+@dataclass(frozen=True)
+class ClipParallelConfig:
+    """How the ``clip`` axis couples its clips.
+
+    ``mode``: ``"exact"`` (all frames' keys and values) or ``"dual_scope"`` (local window plus
+    global frames, configured by ``dual_scope``). ``groupnorm``: ``"exact"`` (whole-video
+    statistics) or ``"local"`` (per-clip statistics, dual-scope mode only).
+    """
+
+    mode: str = "exact"
+    groupnorm: str = "exact"
+    dual_scope: DualScopeConfig = field(default_factory=DualScopeConfig)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"clip.mode must be one of {MODES}, got {self.mode!r}")
+        if self.groupnorm not in GROUPNORMS:
+            raise ConfigError(f"clip.groupnorm must be one of {GROUPNORMS}, got {self.groupnorm!r}")
+        if self.mode == "exact" and self.groupnorm != "exact":
+            raise ConfigError("clip.mode 'exact' needs clip.groupnorm 'exact'")
+
+    @property
+    def exact_groupnorm(self) -> bool:
+        return self.groupnorm == "exact"
+
+
+def min_clip_frames(config: ClipParallelConfig) -> int:
+    """The fewest frames a clip may have when there is more than one: the widest halo it serves."""
+    if config.mode == "dual_scope":
+        return max(CONV_HALO, config.dual_scope.local_radius)
+    return CONV_HALO
+
+
+def split_frames(num_frames: int, n: int, min_frames: int = 1) -> list[range]:
+    """Split ``num_frames`` into ``n`` contiguous clips, the first ``num_frames % n`` one frame longer.
+
+    Raises :class:`ConfigError` when a clip would have fewer than ``min_frames`` frames (pass
+    :func:`min_clip_frames` for clip parallelism; it applies only when ``n > 1``).
+    """
+    if n < 1:
+        raise ConfigError(f"the clip axis needs at least one worker, got {n}")
+    if num_frames < 1:
+        raise ConfigError(f"a video needs at least one frame, got {num_frames}")
+    shortest = num_frames // n
+    if shortest < 1:
+        raise ConfigError(f"cannot split {num_frames} frames over {n} workers: fewer frames than workers")
+    if n > 1 and shortest < min_frames:
+        raise ConfigError(
+            f"splitting {num_frames} frames over {n} clip workers gives clips of {shortest} frames, "
+            f"but each clip needs at least {min_frames} (the temporal halo); use fewer workers or more frames"
+        )
+    extra = num_frames % n
+    bounds = [0]
+    for i in range(n):
+        bounds.append(bounds[-1] + shortest + (1 if i < extra else 0))
+    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def collectives_per_forward(unet: nn.Module, config: ClipParallelConfig) -> dict[str, int]:
+    """Collective calls per rank in one UNet forward with more than one clip, by kind.
+
+    Counted from the module structure: one ``conv_halo`` per TemporalConvLayer, one ``groupnorm``
+    per temporal GroupNorm when statistics are exact (4 per TemporalConvLayer plus one per
+    TransformerTemporalModel), and per temporal attention one ``attn_kv`` (exact) or one
+    ``attn_halo`` plus one ``attn_global`` (dual-scope).
+    """
+    modules = find_temporal_modules(unet)
+    n_conv, n_attn = len(modules.convs), len(modules.attentions())
+    counts = {"conv_halo": n_conv}
+    if config.exact_groupnorm:
+        conv_norms = sum(len(_conv_stages(layer)) for _, layer in modules.convs)
+        counts["groupnorm"] = conv_norms + len(modules.transformers)
+    if config.mode == "exact":
+        counts["attn_kv"] = n_attn
+    else:
+        counts["attn_halo"] = n_attn
+        counts["attn_global"] = n_attn
+    return {kind: n for kind, n in counts.items() if n}
+
+
+def _conv_stages(layer: TemporalConvLayer) -> list[nn.Sequential]:
+    return [layer.conv1, layer.conv2, layer.conv3, layer.conv4]
+
+
+def _check_conv_layer(path: str, layer: TemporalConvLayer) -> None:
+    for stage in _conv_stages(layer):
+        norm, middle, conv = stage[0], list(stage[1:-1]), stage[-1]
+        kernel = conv.kernel_size if isinstance(conv, nn.Conv3d) else None
+        ok = (
+            isinstance(norm, nn.GroupNorm)
+            and all(isinstance(m, (nn.SiLU, nn.Dropout)) for m in middle)
+            and kernel is not None
+            and kernel[0] % 2 == 1
+            and tuple(conv.padding) == (kernel[0] // 2, 0, 0)
+            and tuple(conv.stride) == (1, 1, 1)
+            and tuple(conv.dilation) == (1, 1, 1)
+            and conv.padding_mode == "zeros"
+        )
+        if not ok:
+            raise ConfigError(f"{path}: a TemporalConvLayer stage clip sharding does not know: {stage}")
+    if sum(stage[-1].padding[0] for stage in _conv_stages(layer)) != CONV_HALO:
+        raise ConfigError(f"{path}: temporal receptive field differs from {CONV_HALO} frames per side")
+
+
+class _ClipState:
+    """What every installed piece of one worker shares: its clip, the comm, the schedule."""
+
+    def __init__(
+        self,
+        comm: AxisComm,
+        clips: list[range],
+        num_frames: int,
+        config: ClipParallelConfig,
+        recorder: TimestepRecorder,
+    ):
+        self.comm = comm
+        self.clips = clips
+        self.frames = clips[comm.rank]
+        self.num_frames = num_frames
+        self.config = config
+        self.recorder = recorder
+        self.clip_sizes = [len(c) for c in clips]
+        ds = config.dual_scope
+        glob = global_frame_indices(num_frames, ds.global_frames)
+        self.global_frames = glob
+        self.global_counts = [sum(1 for g in glob if g in c) for c in clips]
+        self.own_global = [g - self.frames.start for g in glob if g in self.frames]
+        self.local_keys = range(
+            max(0, self.frames.start - ds.local_radius), min(num_frames, self.frames.stop + ds.local_radius)
+        )
+        self._masks: dict[tuple, torch.Tensor] = {}
+        self._own_global_index: dict[torch.device, torch.Tensor] = {}
+
+    def own_global_index(self, device: torch.device) -> torch.Tensor:
+        """Positions, within this clip, of the global frames it owns."""
+        if device not in self._own_global_index:
+            self._own_global_index[device] = torch.tensor(self.own_global, dtype=torch.long, device=device)
+        return self._own_global_index[device]
+
+    def mask(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        ds = self.config.dual_scope
+        biases = scope_biases(ds, self.recorder.current())
+        key = (biases, dtype, device)
+        if key not in self._masks:
+            self._masks[key] = dual_scope_mask(
+                self.frames,
+                self.local_keys,
+                self.global_frames,
+                ds.local_radius,
+                *biases,
+                dtype=dtype,
+                device=device,
+            )
+        return self._masks[key]
+
+    def group_norm(self, norm: nn.GroupNorm, x: torch.Tensor, own: slice) -> torch.Tensor:
+        """GroupNorm of ``x`` ``[B, C, frames, ...]``, statistics over this clip's frames ``own``.
+
+        With exact statistics the clips' ``(count, mean, M2)`` are gathered and combined:
+        ``mean = sum n_r m_r / N`` and ``M2 = sum M2_r + sum n_r (m_r - mean)^2`` (Chan et al.).
+        """
+        mean, var, count = group_stats(norm, x, own)
+        if self.config.exact_groupnorm and self.comm.size > 1:
+            n = torch.full_like(mean, count, dtype=torch.float64)
+            stats = torch.stack([n, mean.double(), var.double() * n])
+            counts, means, m2 = torch.stack(self.comm.all_gather(stats, "groupnorm")).unbind(1)
+            total = counts.sum(0)
+            mean64 = (counts * means).sum(0) / total
+            var = ((m2 + counts * (means - mean64) ** 2).sum(0) / total).float()
+            mean = mean64.float()
+        return apply_group_norm(norm, x, mean, var)
+
+
+class ClipAttnProcessor:
+    """Temporal self-attention over a clip-sharded frame axis (exact or dual-scope)."""
+
+    def __init__(self, state: _ClipState):
+        self.state = state
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        check_temporal_call(attn, encoder_hidden_states, attention_mask)
+        state, comm = self.state, self.state.comm
+        q, k, v = temporal_qkv(attn, hidden_states)
+        kv = torch.stack([k, v])  # [2, N, heads, frames, d]: keys and values travel together
+        if state.config.mode == "exact":
+            kv = comm.all_gather_uneven(kv, 3, state.clip_sizes, "attn_kv")
+            mask = None
+        else:
+            left, right = comm.halo_exchange(kv, 3, state.config.dual_scope.local_radius, "attn_halo")
+            own = kv.index_select(3, state.own_global_index(kv.device))
+            glob = comm.all_gather_uneven(own, 3, state.global_counts, "attn_global")
+            kv = torch.cat([p for p in (left, kv, right, glob) if p is not None], dim=3)
+            mask = state.mask(q.dtype, q.device)
+        out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask, scale=attn.scale)
+        return temporal_output(attn, out, hidden_states)
+
+
+def _conv_time(conv: nn.Conv3d, h: torch.Tensor, pad_left: bool, pad_right: bool) -> torch.Tensor:
+    """``conv`` along frames without its own temporal padding; zero padding only at video ends."""
+    p = conv.padding[0]
+    h = F.pad(h, (0, 0, 0, 0, p if pad_left else 0, p if pad_right else 0))
+    padding = (0,) + tuple(conv.padding[1:])
+    return F.conv3d(h, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)
+
+
+def _clip_temporal_conv(
+    layer: TemporalConvLayer, state: _ClipState, hidden_states: torch.Tensor, num_frames: int = 1
+) -> torch.Tensor:
+    x = hidden_states.reshape(-1, num_frames, *hidden_states.shape[1:]).permute(0, 2, 1, 3, 4)
+    left, right = state.comm.halo_exchange(x, 2, CONV_HALO, "conv_halo")
+    h = torch.cat([p for p in (left, x, right) if p is not None], dim=2)
+    lo = 0 if left is None else CONV_HALO
+    for stage in _conv_stages(layer):
+        h = state.group_norm(stage[0], h, slice(lo, lo + num_frames))
+        for module in stage[1:-1]:
+            h = module(h)
+        conv = stage[-1]
+        h = _conv_time(conv, h, pad_left=left is None, pad_right=right is None)
+        if left is not None:
+            lo -= conv.padding[0]
+    y = x + h
+    return y.permute(0, 2, 1, 3, 4).reshape((-1,) + y.shape[1:2] + y.shape[3:])
+
+
+def _exact_group_norm(norm: nn.GroupNorm, state: _ClipState, x: torch.Tensor) -> torch.Tensor:
+    return state.group_norm(norm, x, slice(None))
+
+
+class ClipParallelHandle:
+    """A clip-parallel installation on one worker's UNet.
+
+    ``frames`` is this worker's clip, ``clips`` every worker's, ``comm.stats`` the accounting.
+    The dual-scope schedule reads the timestep of each UNet call itself (``timestep`` is the last
+    one seen). :meth:`remove` restores the model exactly.
+    """
+
+    def __init__(self, state: _ClipState, undo: list[Callable[[], None]]):
+        self._state = state
+        self._undo = undo
+
+    @property
+    def frames(self) -> range:
+        return self._state.frames
+
+    @property
+    def clips(self) -> list[range]:
+        return list(self._state.clips)
+
+    @property
+    def num_frames(self) -> int:
+        return self._state.num_frames
+
+    @property
+    def config(self) -> ClipParallelConfig:
+        return self._state.config
+
+    @property
+    def comm(self) -> AxisComm:
+        return self._state.comm
+
+    @property
+    def timestep(self) -> float | None:
+        return self._state.recorder.timestep
+
+    def remove(self) -> None:
+        """Put back the original processors and forwards (idempotent)."""
+        while self._undo:
+            self._undo.pop()()
+
+
+def _fingerprint(config: ClipParallelConfig) -> int:
+    return zlib.crc32(repr(config).encode())
+
+
+def _agree_on_clips(
+    comm: AxisComm, frames: range, num_frames: int, config: ClipParallelConfig
+) -> list[range]:
+    """Gather every rank's clip and check, on every rank alike, that they tile the video."""
+    mine = torch.tensor([frames.start, frames.stop, num_frames, _fingerprint(config)], device=comm.device)
+    rows = [r.tolist() for r in comm.all_gather(mine, "setup")]
+    if any(row[2:] != rows[0][2:] for row in rows):
+        raise ConfigError(f"clip workers disagree on the frame count or the clip config: {rows}")
+    clips = [range(row[0], row[1]) for row in rows]
+    bounds = [0] + [b for c in clips for b in (c.start, c.stop)] + [num_frames]
+    gaps = any(a != b for a, b in zip(bounds[0::2], bounds[1::2], strict=True))
+    if gaps or any(len(c) < 1 for c in clips):
+        raise ConfigError(f"the clips {clips} do not tile the {num_frames} frames in rank order")
+    shortest = min(len(c) for c in clips)
+    if len(clips) > 1 and shortest < min_clip_frames(config):
+        raise ConfigError(
+            f"a clip of {shortest} frames is shorter than the {min_clip_frames(config)}-frame temporal halo; "
+            "use fewer clip workers or more frames"
+        )
+    return clips
+
+
+def _processor_already_installed(modules: TemporalModules) -> bool:
+    return any(isinstance(attn.processor, ClipAttnProcessor) for _, attn in modules.attentions())
+
+
+def apply_clip_parallel(
+    unet: nn.Module, comm: AxisComm, frames: range, num_frames: int, config: ClipParallelConfig
+) -> ClipParallelHandle:
+    """Install clip parallelism on ``unet``: this worker owns frames ``frames`` of ``num_frames``.
+
+    Every rank of ``comm`` must call this (it makes one small collective to check that the clips
+    tile the video in rank order and that all ranks share ``config``; a mismatch raises
+    :class:`ConfigError` on every rank). Afterwards call the UNet with this worker's frames only.
+    """
+    modules = find_temporal_modules(unet)
+    if _processor_already_installed(modules):
+        raise RuntimeError("clip parallelism is already installed on this UNet; remove it first")
+    for path, layer in modules.convs:
+        _check_conv_layer(path, layer)
+    clips = _agree_on_clips(comm, frames, num_frames, config)
+    recorder = TimestepRecorder()
+    state = _ClipState(comm, clips, num_frames, config, recorder)
+    undo: list[Callable[[], None]] = []
+    processor = ClipAttnProcessor(state)
+    for _, attn in modules.attentions():
+        previous = attn.processor
+        attn.set_processor(processor)
+        undo.append(functools.partial(attn.set_processor, previous))
+    for _, layer in modules.convs:
+        undo.append(patch_forward(layer, functools.partial(_clip_temporal_conv, layer, state)))
+    if config.exact_groupnorm:
+        for _, transformer in modules.transformers:
+            norm = transformer.norm
+            undo.append(patch_forward(norm, functools.partial(_exact_group_norm, norm, state)))
+    if config.mode == "dual_scope":
+        undo.append(recorder.attach(unet).remove)
+    return ClipParallelHandle(state, undo)

@@ -1,0 +1,175 @@
+"""Collectives and neighbour halo exchange over one mesh axis, with byte and call accounting.
+
+Every communication of the parallel modes goes through an :class:`AxisComm`. Each call records,
+in a :class:`CommStats` shared by all axes of a worker, one *call* and the payload bytes under
+``(axis, kind)``; ``kind`` is a label chosen by the caller (``"conv_halo"``, ``"groupnorm"``...),
+so a benchmark can report communication per axis and per purpose exactly, on CPU.
+
+Accounting counts what this rank hands to and gets from the backend, not wire traffic (which
+depends on the algorithm the backend picks):
+
+- ``all_gather``: sent = the local contribution (after padding), received = the other ranks'
+  contributions;
+- ``all_reduce``: sent = received = the tensor;
+- ``halo_exchange``: sent = the frames sent to the neighbours, received = the frames received.
+
+Ranks are neighbours along the axis in group-rank order, with no wrap-around. A halo exchange
+is one ``batch_isend_irecv`` with both neighbours at once (no odd/even phases). An axis of size 1,
+including a ``group`` of ``None`` (a single worker without any process group), communicates
+nothing and records nothing, so one code path serves one worker and many.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.distributed import ProcessGroup
+from torch.distributed.device_mesh import DeviceMesh
+
+__all__ = ["AxisComm", "CommStats", "Traffic"]
+
+
+@dataclass
+class Traffic:
+    """Communication calls and payload bytes."""
+
+    calls: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+    def __add__(self, other: Traffic) -> Traffic:
+        return Traffic(
+            self.calls + other.calls,
+            self.bytes_sent + other.bytes_sent,
+            self.bytes_received + other.bytes_received,
+        )
+
+
+class CommStats:
+    """Per-axis, per-kind :class:`Traffic` of one worker."""
+
+    def __init__(self) -> None:
+        self._table: dict[tuple[str, str], Traffic] = {}
+
+    def record(self, axis: str, kind: str, bytes_sent: int, bytes_received: int) -> None:
+        entry = self._table.setdefault((axis, kind), Traffic())
+        entry.calls += 1
+        entry.bytes_sent += bytes_sent
+        entry.bytes_received += bytes_received
+
+    def by_kind(self, axis: str) -> dict[str, Traffic]:
+        """A copy of the counters of ``axis``, keyed by kind."""
+        return {k: Traffic(**vars(t)) for (a, k), t in sorted(self._table.items()) if a == axis}
+
+    def total(self, axis: str) -> Traffic:
+        return sum(self.by_kind(axis).values(), Traffic())
+
+    def snapshot(self) -> dict[str, dict[str, Traffic]]:
+        """All counters as ``{axis: {kind: Traffic}}`` (copies)."""
+        return {axis: self.by_kind(axis) for axis in sorted({a for a, _ in self._table})}
+
+    def reset(self) -> None:
+        self._table.clear()
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+class AxisComm:
+    """Collectives among the ranks of one mesh axis (one process group)."""
+
+    def __init__(self, group: ProcessGroup | None, axis: str, stats: CommStats | None = None):
+        self.group = group
+        self.axis = axis
+        self.stats = stats if stats is not None else CommStats()
+        if group is None:
+            self.rank, self.size = 0, 1
+        else:
+            self.rank, self.size = dist.get_rank(group), dist.get_world_size(group)
+
+    @classmethod
+    def from_mesh(cls, mesh: DeviceMesh, axis: str, stats: CommStats | None = None) -> AxisComm:
+        """The communicator of the named axis of ``mesh``."""
+        return cls(mesh.get_group(axis), axis, stats)
+
+    @property
+    def device(self) -> torch.device:
+        """Where this axis' tensors must live: the current CUDA device for NCCL, else the CPU."""
+        if self.group is not None and dist.get_backend(self.group) == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+    def all_gather(self, tensor: torch.Tensor, kind: str) -> list[torch.Tensor]:
+        """Every rank's ``tensor`` (same shape on all ranks), in group-rank order."""
+        if self.size == 1:
+            return [tensor]
+        tensor = tensor.contiguous()
+        out = [torch.empty_like(tensor) for _ in range(self.size)]
+        dist.all_gather(out, tensor, group=self.group)
+        self.stats.record(self.axis, kind, _nbytes(tensor), (self.size - 1) * _nbytes(tensor))
+        return out
+
+    def all_gather_uneven(self, tensor: torch.Tensor, dim: int, sizes: list[int], kind: str) -> torch.Tensor:
+        """Concatenate along ``dim`` every rank's ``tensor``, whose length there is ``sizes[rank]``.
+
+        The other dimensions must agree across ranks. Contributions are zero-padded to the
+        longest one for the collective and trimmed afterwards.
+        """
+        if len(sizes) != self.size or tensor.shape[dim] != sizes[self.rank]:
+            raise ValueError(f"sizes {sizes} do not match rank {self.rank}'s length {tensor.shape[dim]}")
+        longest = max(sizes)
+        if self.size == 1 or longest == 0:
+            return tensor
+        if tensor.shape[dim] < longest:
+            pad_shape = list(tensor.shape)
+            pad_shape[dim] = longest - tensor.shape[dim]
+            tensor = torch.cat([tensor, tensor.new_zeros(pad_shape)], dim=dim)
+        parts = self.all_gather(tensor, kind)
+        return torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, sizes, strict=True) if n > 0], dim=dim)
+
+    def all_reduce(self, tensor: torch.Tensor, kind: str) -> torch.Tensor:
+        """Sum ``tensor`` over the axis, in place; returns it."""
+        if self.size == 1:
+            return tensor
+        dist.all_reduce(tensor, group=self.group)
+        self.stats.record(self.axis, kind, _nbytes(tensor), _nbytes(tensor))
+        return tensor
+
+    def halo_exchange(
+        self, tensor: torch.Tensor, dim: int, width: int, kind: str
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The neighbours' boundary slices of width ``width`` along ``dim``: ``(left, right)``.
+
+        This rank sends its first ``width`` entries to the left neighbour and its last ``width``
+        to the right one, and receives the left neighbour's last ``width`` entries and the right
+        neighbour's first ``width``. At the ends of the axis the missing side is ``None``. Every
+        rank must call this with the same ``width`` and the same shape outside ``dim``.
+        """
+        if self.size == 1:
+            return None, None
+        if width < 1 or tensor.shape[dim] < width:
+            raise ValueError(f"halo width {width} does not fit a length of {tensor.shape[dim]}")
+        ops, left, right, sent, received = [], None, None, 0, 0
+        if self.rank > 0:
+            send = tensor.narrow(dim, 0, width).contiguous()
+            left = torch.empty_like(send)
+            ops += [
+                dist.P2POp(dist.isend, send, group=self.group, group_peer=self.rank - 1),
+                dist.P2POp(dist.irecv, left, group=self.group, group_peer=self.rank - 1),
+            ]
+            sent, received = sent + _nbytes(send), received + _nbytes(left)
+        if self.rank < self.size - 1:
+            send = tensor.narrow(dim, tensor.shape[dim] - width, width).contiguous()
+            right = torch.empty_like(send)
+            ops += [
+                dist.P2POp(dist.isend, send, group=self.group, group_peer=self.rank + 1),
+                dist.P2POp(dist.irecv, right, group=self.group, group_peer=self.rank + 1),
+            ]
+            sent, received = sent + _nbytes(send), received + _nbytes(right)
+        for request in dist.batch_isend_irecv(ops):
+            request.wait()
+        self.stats.record(self.axis, kind, sent, received)
+        return left, right

@@ -1,0 +1,403 @@
+"""Dual-scope temporal attention (Video-Infinity, arXiv 2406.16260, section 4.2) and its oracle.
+
+Temporal attention in a UNet3D attends, at every spatial position, over the frame axis. In the
+dual-scope approximation a query at global frame ``i`` of an ``F``-frame video sees two key sets,
+joined in one softmax:
+
+- the *local scope*: frames ``j`` with ``|i - j| <= radius`` that exist (``0 <= j < F``); keys
+  beyond the ends of the video are absent, not zero keys;
+- the *global scope*: ``count`` frames spread uniformly over the whole video,
+  ``g_m = floor((m + 1/2) * F / count)`` for ``m = 0..count-1`` (all frames when ``count >= F``).
+  A global frame that is also local appears twice, once in each scope.
+
+Logits are ``q.k * scale + b``, where ``b`` is ``local_bias`` for local keys and ``global_bias``
+for global keys. The biases follow the denoising timestep ``t``: for ``t >= switch_timestep`` the
+global scope gets ``+scope_bias`` (layout and identity are set by the whole video), below it the
+local scope does (smooth motion and detail). ``e^10`` is about 2.2e4, so with the paper's bias
+of 10 and switch at 800 this is close to a hard switch from global to local attention.
+
+This module holds that mathematics (masks, frame choice, schedule), the temporal-attention
+plumbing shared with the clip-parallel processors, and a **single-process reference** that applies
+the same masks over the full frame sequence of one UNet call. The clip-parallel dual-scope mode
+(``parallel.clip``) must reproduce the reference exactly. With ``local_groupnorm_clips`` the
+reference also reproduces clip-local GroupNorm statistics (see :func:`apply_dual_scope_reference`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention
+from diffusers.models.resnet import TemporalConvLayer
+from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
+from torch import nn
+
+from videogen.errors import ConfigError
+
+__all__ = [
+    "DualScopeConfig",
+    "ReferenceHandle",
+    "TemporalModules",
+    "TimestepRecorder",
+    "apply_dual_scope_reference",
+    "apply_group_norm",
+    "check_temporal_call",
+    "dual_scope_mask",
+    "find_temporal_modules",
+    "global_frame_indices",
+    "group_norm_with_stats_of",
+    "group_stats",
+    "patch_forward",
+    "scope_biases",
+    "temporal_output",
+    "temporal_qkv",
+]
+
+
+@dataclass(frozen=True)
+class DualScopeConfig:
+    """Knobs of dual-scope attention; the defaults are the paper's and the released code's."""
+
+    local_radius: int = 8
+    global_frames: int = 16
+    switch_timestep: float = 800.0
+    scope_bias: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.local_radius < 1:
+            raise ConfigError(f"dual_scope.local_radius must be at least 1, got {self.local_radius}")
+        if self.global_frames < 1:
+            raise ConfigError(f"dual_scope.global_frames must be at least 1, got {self.global_frames}")
+        if not math.isfinite(self.scope_bias) or not math.isfinite(self.switch_timestep):
+            raise ConfigError("dual_scope.scope_bias and dual_scope.switch_timestep must be finite")
+
+
+def scope_biases(config: DualScopeConfig, timestep: float) -> tuple[float, float]:
+    """``(local_bias, global_bias)`` at denoising timestep ``timestep``."""
+    if timestep >= config.switch_timestep:
+        return 0.0, config.scope_bias
+    return config.scope_bias, 0.0
+
+
+def global_frame_indices(num_frames: int, count: int) -> list[int]:
+    """``count`` frame indices spread uniformly over ``num_frames``: ``floor((m + 1/2) F / count)``."""
+    if num_frames < 1:
+        raise ValueError(f"a video needs at least one frame, got {num_frames}")
+    if count >= num_frames:
+        return list(range(num_frames))
+    return [((2 * m + 1) * num_frames) // (2 * count) for m in range(count)]
+
+
+def dual_scope_mask(
+    queries: range,
+    local_keys: range,
+    global_keys: Sequence[int],
+    radius: int,
+    local_bias: float,
+    global_bias: float,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """The additive logit mask ``[len(queries), len(local_keys) + len(global_keys)]``.
+
+    Rows are queries and columns keys, both named by global frame index: first the local keys
+    (a contiguous run of frames), then the global ones. A local key ``j`` is visible to query
+    ``i`` with bias ``local_bias`` when ``|i - j| <= radius``, else ``-inf``; every global key is
+    visible with ``global_bias``.
+    """
+    q = torch.arange(queries.start, queries.stop)[:, None]
+    k = torch.arange(local_keys.start, local_keys.stop)[None, :]
+    local = torch.full((len(queries), len(local_keys)), -math.inf)
+    local.masked_fill_((q - k).abs() <= radius, local_bias)
+    glob = torch.full((len(queries), len(global_keys)), global_bias)
+    return torch.cat([local, glob], dim=1).to(dtype=dtype, device=device)
+
+
+class TimestepRecorder:
+    """Remembers the timestep of the latest UNet call (a forward pre-hook on the UNet).
+
+    The dual-scope schedule needs ``t`` inside every temporal attention; reading it from the
+    UNet's own argument means the sampler never has to pass it separately. All batch entries must
+    share one timestep, as they do in a sampling step.
+    """
+
+    def __init__(self) -> None:
+        self.timestep: float | None = None
+
+    def attach(self, unet: nn.Module) -> torch.utils.hooks.RemovableHandle:
+        return unet.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if "timestep" in kwargs:
+            t = kwargs["timestep"]
+        elif len(args) > 1:
+            t = args[1]
+        else:
+            raise TypeError("the UNet was called without a timestep")
+        values = torch.as_tensor(t).reshape(-1)
+        if values.numel() > 1 and not bool((values == values[0]).all()):
+            raise ValueError("dual-scope attention needs one timestep for the whole batch")
+        self.timestep = float(values[0])
+
+    def current(self) -> float:
+        if self.timestep is None:
+            raise RuntimeError("no timestep seen yet: dual-scope attention runs inside a UNet call")
+        return self.timestep
+
+
+@dataclass(frozen=True)
+class TemporalModules:
+    """The frame-coupling modules of a UNet3D, with their module paths."""
+
+    convs: list[tuple[str, TemporalConvLayer]]
+    transformers: list[tuple[str, TransformerTemporalModel]]
+
+    def attentions(self) -> list[tuple[str, Attention]]:
+        """Every Attention inside the temporal transformers (``attn1`` and ``attn2`` of each block)."""
+        return [
+            (f"{path}.{name}", module)
+            for path, transformer in self.transformers
+            for name, module in transformer.named_modules()
+            if isinstance(module, Attention)
+        ]
+
+
+def find_temporal_modules(unet: nn.Module) -> TemporalModules:
+    """Locate ``temp_convs``/``temp_attentions``/``transformer_in`` style modules by their classes.
+
+    Raises :class:`ConfigError` for a model without them, or whose temporal attention uses
+    positional embeddings (AnimateDiff style), which clip sharding would silently break.
+    """
+    convs, transformers = [], []
+    for path, module in unet.named_modules():
+        if isinstance(module, TemporalConvLayer):
+            convs.append((path, module))
+        elif isinstance(module, TransformerTemporalModel):
+            transformers.append((path, module))
+            for block in module.transformer_blocks:
+                if getattr(block, "pos_embed", None) is not None:
+                    raise ConfigError(f"{path} has temporal positional embeddings; clip sharding needs none")
+    if not convs and not transformers:
+        raise ConfigError(f"{type(unet).__name__} has no temporal layers to shard over clips")
+    return TemporalModules(convs, transformers)
+
+
+def patch_forward(module: nn.Module, forward: Callable[..., Any]) -> Callable[[], None]:
+    """Replace ``module.forward`` on this instance; returns the function that undoes it."""
+    previous = module.__dict__.get("forward")
+    module.forward = forward
+
+    def restore() -> None:
+        if previous is None:
+            del module.forward
+        else:
+            module.forward = previous
+
+    return restore
+
+
+def check_temporal_call(attn: Attention, encoder_hidden_states: Any, attention_mask: Any) -> None:
+    """Temporal self-attention only: no context, no mask, no norms that mix frames."""
+    if encoder_hidden_states is not None or attention_mask is not None:
+        raise ValueError("clip-sharded temporal attention supports self-attention without a mask only")
+    if attn.group_norm is not None or attn.spatial_norm is not None:
+        raise ValueError("clip-sharded temporal attention supports no group or spatial norm in Attention")
+
+
+def temporal_qkv(
+    attn: Attention, hidden_states: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Project ``[N, frames, C]`` tokens to ``q, k, v`` of shape ``[N, heads, frames, head_dim]``."""
+    n = hidden_states.shape[0]
+
+    def heads(x: torch.Tensor) -> torch.Tensor:
+        return x.view(n, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
+
+    q = heads(attn.to_q(hidden_states))
+    k = heads(attn.to_k(hidden_states))
+    v = heads(attn.to_v(hidden_states))
+    if attn.norm_q is not None:
+        q = attn.norm_q(q)
+    if attn.norm_k is not None:
+        k = attn.norm_k(k)
+    return q, k, v
+
+
+def temporal_output(attn: Attention, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """Merge heads of ``[N, heads, frames, d]`` and apply the output projection, as diffusers does."""
+    n, heads, frames, d = out.shape
+    out = out.transpose(1, 2).reshape(n, frames, heads * d).to(residual.dtype)
+    out = attn.to_out[0](out)
+    out = attn.to_out[1](out)
+    if attn.residual_connection:
+        out = out + residual
+    return out / attn.rescale_output_factor
+
+
+def group_stats(norm: nn.GroupNorm, x: torch.Tensor, own: slice) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(mean, var, count)`` per batch entry and group of ``x`` ``[B, C, frames, ...]`` over frames ``own``.
+
+    Computed in float32; ``var`` is the biased variance, as GroupNorm uses.
+    """
+    part = x[:, :, own].reshape(x.shape[0], norm.num_groups, -1).float()
+    var, mean = torch.var_mean(part, dim=-1, correction=0)
+    return mean, var, part.shape[-1]
+
+
+def apply_group_norm(
+    norm: nn.GroupNorm, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor
+) -> torch.Tensor:
+    """``(x - mean) / sqrt(var + eps) * weight + bias`` with per-(batch, group) ``mean`` and ``var``."""
+    b, c = x.shape[:2]
+    y = (x.reshape(b, norm.num_groups, -1).float() - mean[..., None]) * torch.rsqrt(var + norm.eps)[..., None]
+    y = y.reshape(x.shape)
+    if norm.affine:
+        shape = (1, c) + (1,) * (x.dim() - 2)
+        y = y * norm.weight.float().view(shape) + norm.bias.float().view(shape)
+    return y.to(x.dtype)
+
+
+def group_norm_with_stats_of(norm: nn.GroupNorm, x: torch.Tensor, own: slice) -> torch.Tensor:
+    """GroupNorm of ``x`` ``[B, C, frames, ...]`` with statistics taken from frames ``own`` only."""
+    mean, var, _ = group_stats(norm, x, own)
+    return apply_group_norm(norm, x, mean, var)
+
+
+# ----------------------------------------------------------------------------------------------
+# The single-process reference
+# ----------------------------------------------------------------------------------------------
+
+
+class _ReferenceState:
+    def __init__(self, config: DualScopeConfig, recorder: TimestepRecorder):
+        self.config = config
+        self.recorder = recorder
+
+    def mask(
+        self, num_frames: int, dtype: torch.dtype, device: torch.device
+    ) -> tuple[list[int], torch.Tensor]:
+        cfg = self.config
+        glob = global_frame_indices(num_frames, cfg.global_frames)
+        local_bias, global_bias = scope_biases(cfg, self.recorder.current())
+        frames = range(num_frames)
+        mask = dual_scope_mask(
+            frames, frames, glob, cfg.local_radius, local_bias, global_bias, dtype=dtype, device=device
+        )
+        return glob, mask
+
+
+class _ReferenceProcessor:
+    """Dual-scope attention over the full frame sequence: keys are all frames, then the global ones."""
+
+    def __init__(self, state: _ReferenceState):
+        self.state = state
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        check_temporal_call(attn, encoder_hidden_states, attention_mask)
+        q, k, v = temporal_qkv(attn, hidden_states)
+        glob, mask = self.state.mask(q.shape[2], q.dtype, q.device)
+        index = torch.tensor(glob, device=k.device)
+        k = torch.cat([k, k.index_select(2, index)], dim=2)
+        v = torch.cat([v, v.index_select(2, index)], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale)
+        return temporal_output(attn, out, hidden_states)
+
+
+def _check_tiling(clips: Sequence[range], num_frames: int) -> None:
+    bounds = [0] + [b for c in clips for b in (c.start, c.stop)] + [num_frames]
+    if (
+        not clips
+        or any(a != b for a, b in zip(bounds[0::2], bounds[1::2], strict=True))
+        or any(len(c) == 0 for c in clips)
+    ):
+        raise ValueError(f"clips {list(clips)} do not tile the {num_frames} frames of this call")
+
+
+def _segment_group_norm(norm: nn.GroupNorm, clips: Sequence[range], x: torch.Tensor) -> torch.Tensor:
+    _check_tiling(clips, x.shape[2])
+    parts = [group_norm_with_stats_of(norm, x[:, :, c.start : c.stop], slice(None)) for c in clips]
+    return torch.cat(parts, dim=2)
+
+
+def _reference_temporal_conv(
+    layer: TemporalConvLayer, clips: Sequence[range], hidden_states: torch.Tensor, num_frames: int = 1
+) -> torch.Tensor:
+    """TemporalConvLayer where each clip normalises with statistics of its own frames.
+
+    Each clip runs the layer's own four stages on a window of its frames plus ``halo`` frames of
+    input on each side (fewer at the video ends, where the stages' zero padding is the true one).
+    Wrong padding at an interior window edge reaches one frame further per stage, so after the
+    ``halo`` (= number of stages) stages the clip's own frames are exact.
+    """
+    x = hidden_states.reshape(-1, num_frames, *hidden_states.shape[1:]).permute(0, 2, 1, 3, 4)
+    _check_tiling(clips, num_frames)
+    stages = [layer.conv1, layer.conv2, layer.conv3, layer.conv4]
+    halo = sum(stage[-1].padding[0] for stage in stages)
+    outs = []
+    for clip in clips:
+        lo, hi = max(0, clip.start - halo), min(num_frames, clip.stop + halo)
+        own = slice(clip.start - lo, clip.stop - lo)
+        h = x[:, :, lo:hi]
+        for stage in stages:
+            h = group_norm_with_stats_of(stage[0], h, own)
+            for module in stage[1:]:
+                h = module(h)
+        outs.append(h[:, :, own])
+    y = x + torch.cat(outs, dim=2)
+    return y.permute(0, 2, 1, 3, 4).reshape((-1,) + y.shape[1:2] + y.shape[3:])
+
+
+class ReferenceHandle:
+    """What :func:`apply_dual_scope_reference` installed; :meth:`remove` restores the model."""
+
+    def __init__(self, undo: list[Callable[[], None]], recorder: TimestepRecorder):
+        self._undo = undo
+        self.recorder = recorder
+
+    def remove(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+
+
+def apply_dual_scope_reference(
+    unet: nn.Module, config: DualScopeConfig, local_groupnorm_clips: Sequence[range] | None = None
+) -> ReferenceHandle:
+    """Install single-process dual-scope attention on every temporal attention of ``unet``.
+
+    The UNet is then called on the whole video. With ``local_groupnorm_clips`` (the clips of a
+    clip-parallel run), the temporal GroupNorms use each clip's own statistics, as the clip-local
+    GroupNorm variant does: ``TransformerTemporalModel.norm`` per clip, and the GroupNorms in
+    ``TemporalConvLayer`` per clip on a window of the clip plus the conv halo. Without it they
+    are the model's own, whole-video GroupNorms.
+    """
+    modules = find_temporal_modules(unet)
+    recorder = TimestepRecorder()
+    state = _ReferenceState(config, recorder)
+    undo: list[Callable[[], None]] = []
+    for _, attn in modules.attentions():
+        previous = attn.processor
+        attn.set_processor(_ReferenceProcessor(state))
+        undo.append(functools.partial(attn.set_processor, previous))
+    if local_groupnorm_clips is not None:
+        clips = list(local_groupnorm_clips)
+        for _, transformer in modules.transformers:
+            norm = transformer.norm
+            undo.append(patch_forward(norm, functools.partial(_segment_group_norm, norm, clips)))
+        for _, layer in modules.convs:
+            undo.append(patch_forward(layer, functools.partial(_reference_temporal_conv, layer, clips)))
+    undo.append(recorder.attach(unet).remove)
+    return ReferenceHandle(undo, recorder)

@@ -1,0 +1,66 @@
+"""Driver side of a multi-worker render: check the job, launch the workers, report.
+
+Everything that can be checked before a worker starts is (the frame split, the model folder,
+the output format), so a bad job fails in a second with one line instead of after the cluster
+has come up. Segments of a failed render are removed; checkpoints are kept for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from parallel.launch import WorkerError, run_local
+from parallel.render import job_clips, plan_of, render_worker, segments_dir
+from videogen.config import JobConfig, resolve_seed
+from videogen.errors import ConfigError, VideogenError
+from videogen.models.loader import COMPONENTS, component_dir
+from videogen.pipeline import RenderResult
+
+LOCAL_TIMEOUT_S = 7 * 24 * 3600.0  # a render may take days; dead workers are detected at once
+
+
+def _preflight(job: JobConfig) -> None:
+    try:
+        job_clips(job)
+    except ConfigError as error:
+        raise ConfigError(f"parallel.clip: {error}") from None
+    for component in COMPONENTS:
+        component_dir(job.model, component)
+
+
+def render_parallel(job: JobConfig, resume: bool = False, progress: bool = True) -> RenderResult:
+    """Render ``job`` on ``job.parallel`` workers with the configured launcher."""
+    started = time.perf_counter()
+    seed = resolve_seed(job)
+    _preflight(job)
+    world_size = plan_of(job).world_size
+    shutil.rmtree(segments_dir(job), ignore_errors=True)
+    try:
+        if job.parallel.launcher == "local":
+            threads = job.parallel.threads_per_worker or None
+            try:
+                reports = run_local(
+                    render_worker, world_size, job, resume, progress, num_threads=threads, timeout_s=LOCAL_TIMEOUT_S
+                )
+            except WorkerError as error:
+                cause = error.__cause__
+                if isinstance(cause, VideogenError):
+                    raise type(cause)(str(cause)) from None
+                raise VideogenError(f"{error}; no video was written, latent checkpoints are kept") from None
+        else:
+            from parallel.ray_runtime import render_on_ray
+
+            reports = render_on_ray(job, world_size, resume, progress)
+    finally:
+        shutil.rmtree(segments_dir(job), ignore_errors=True)
+    main = reports[0]
+    return RenderResult(
+        Path(job.output.path),
+        seed,
+        job.video.num_frames,
+        time.perf_counter() - started,
+        main.model_evaluations,
+        main.resumed_from_step,
+    )

@@ -1,0 +1,184 @@
+"""Clip-parallelism benchmark (issue 3): speedup, memory, communication and dual-scope error.
+
+1. Speedup of 2 clip workers (1 thread each) over 1 worker (1 thread) on the same render, exact
+   and dual-scope, timed inside the workers around the sampling loop (model loading excluded),
+   on a UNet3D wide enough that compute dominates (its parameter count is printed).
+2. Peak extra memory per worker (RSS above the level before sampling) when the video grows with
+   the worker count: 4 workers with 4x the frames vs 1 worker.
+3. Collective calls and bytes per denoising step, exact vs dual-scope, counted by
+   ``parallel.comm`` (rank 0), next to the released Video-Infinity code's 248 collectives/step.
+4. The dual-scope render's PSNR against the exact render, on decoded frames.
+
+    python tools/bench_clip.py [--quick] [--json bench_clip.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import PeakRSS, print_table, target, write_json  # noqa: E402
+
+VIDEO_INFINITY_COLLECTIVES_PER_STEP = 248
+
+
+def bench_worker(rank: int, world_size: int, job) -> dict:
+    """Inside a worker: set up, then time and measure the sampling loop only."""
+    import torch.distributed as dist
+
+    from parallel.render import denoise_clip, setup_clip_worker
+
+    worker = setup_clip_worker(world_size, job)
+    worker.stats.reset()
+    dist.barrier()
+    with PeakRSS() as rss:
+        start = time.perf_counter()
+        latents, evaluations, _ = denoise_clip(worker, job, resume=False, progress=False)
+        seconds = time.perf_counter() - start
+    traffic = worker.stats.by_kind("clip")
+    return {
+        "latents": latents.cpu(),
+        "seconds": seconds,
+        "extra_mib": rss.extra_mib,
+        "evaluations": evaluations,
+        "calls": sum(t.calls for t in traffic.values()),
+        "bytes_sent": sum(t.bytes_sent for t in traffic.values()),
+    }
+
+
+def make_job(model_dir: str, frames: int, steps: int, workers: int, mode: str):
+    from videogen.config import load_job
+
+    overrides = [
+        f"model.path={model_dir}",
+        "prompts.text=a sailboat on a calm sea",
+        "video.width=64",
+        "video.height=64",
+        f"video.num_frames={frames}",
+        f"sampler.steps={steps}",
+        "sampler.guidance_scale=7.5",
+        f"parallel.clip={workers}",
+        f"parallel.clip_mode={mode}",
+        f"parallel.groupnorm={'local' if mode == 'dual_scope' else 'exact'}",
+        "parallel.dual_scope.local_radius=8",
+        f"parallel.dual_scope.global_frames={min(16, frames)}",
+        "parallel.launcher=local",
+    ]
+    return load_job(None, overrides).config
+
+
+def run(model_dir: str, frames: int, steps: int, workers: int, mode: str) -> list[dict]:
+    from parallel.launch import run_local
+
+    return run_local(bench_worker, workers, make_job(model_dir, frames, steps, workers, mode), num_threads=1)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = torch.mean((a - b) ** 2).item()
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def decoded(model_dir: str, latents: torch.Tensor) -> torch.Tensor:
+    from videogen.config import ModelConfig
+    from videogen.decode import decode_chunks
+    from videogen.models.loader import load_bundle
+
+    vae = load_bundle(ModelConfig(path=model_dir)).vae
+    return torch.cat(list(decode_chunks(vae, latents, 8)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes (under a minute on 2 cores)")
+    parser.add_argument("--json", metavar="PATH", help="write results and targets here")
+    args = parser.parse_args()
+
+    from videogen.models.tiny import TinySpec, tiny_unet, write_tiny_model
+
+    if args.quick:
+        spec, frames, steps, mem_frames = TinySpec((32, 64), 8, 32, 8), 32, 2, 16
+    else:
+        spec, frames, steps, mem_frames = TinySpec((64, 128), 16, 64, 16), 64, 4, 32
+    params = sum(p.numel() for p in tiny_unet(spec).parameters())
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = str(write_tiny_model(Path(tmp) / "wide", spec=spec))
+        rows, per_mode = [], {}
+        for mode in ("exact", "dual_scope"):
+            one = run(model_dir, frames, steps, 1, mode)[0]
+            two = run(model_dir, frames, steps, 2, mode)
+            joined = torch.cat([w["latents"] for w in two], dim=2)
+            per_mode[mode] = {"one": one, "two": two, "latents": joined}
+            rows.append(
+                {
+                    "mode": mode,
+                    "frames": frames,
+                    "steps": steps,
+                    "t_1worker_s": one["seconds"],
+                    "t_2workers_s": max(w["seconds"] for w in two),
+                    "speedup": one["seconds"] / max(w["seconds"] for w in two),
+                    "calls_per_step": two[0]["calls"] / steps,
+                    "MB_sent_per_step": two[0]["bytes_sent"] / steps / 1e6,
+                    "max_abs_vs_1worker": (joined - one["latents"]).abs().max().item(),
+                }
+            )
+        exact_frames = decoded(model_dir, per_mode["exact"]["latents"])
+        dual_frames = decoded(model_dir, per_mode["dual_scope"]["latents"])
+        dual_psnr = psnr(dual_frames, exact_frames)
+
+        memory_rows = []
+        for mode in ("exact", "dual_scope"):
+            small = run(model_dir, mem_frames, 1, 1, mode)[0]["extra_mib"]
+            big = max(w["extra_mib"] for w in run(model_dir, 4 * mem_frames, 1, 4, mode))
+            memory_rows.append(
+                {
+                    "mode": mode,
+                    "1 worker frames": mem_frames,
+                    "4 workers frames": 4 * mem_frames,
+                    "extra_MiB_1w": small,
+                    "extra_MiB_4w_max": big,
+                    "ratio": big / small,
+                }
+            )
+
+    print(
+        f"\nmodel: UNet3D {spec.unet_channels}, {params / 1e6:.2f} M parameters; 64x64 video, CFG on, 1 thread/worker"
+    )
+    print_table("2 clip workers vs 1 (sampling loop only)", rows)
+    print_table("peak extra RSS per worker: 4 workers x 4 frames-per-worker-of-1 vs 1 worker", memory_rows)
+    print(f"\ndual-scope vs exact, decoded frames: PSNR {dual_psnr:.2f} dB")
+    print(f"Video-Infinity released code: {VIDEO_INFINITY_COLLECTIVES_PER_STEP} collectives per step (default setting)")
+    by_mode = {r["mode"]: r for r in rows}
+    mem_by_mode = {r["mode"]: r for r in memory_rows}
+    targets = {
+        "speedup_2_workers_dual_scope": target(by_mode["dual_scope"]["speedup"], ">= 1.7"),
+        "speedup_2_workers_exact": target(by_mode["exact"]["speedup"], ">= 1.0"),
+        "memory_ratio_4w_4x_frames_dual_scope": target(mem_by_mode["dual_scope"]["ratio"], "<= 1.15"),
+        "exact_max_abs_vs_1_worker": target(by_mode["exact"]["max_abs_vs_1worker"], "<= 1e-4"),
+        "dual_scope_calls_per_step_vs_video_infinity": target(
+            by_mode["dual_scope"]["calls_per_step"], f"<= {VIDEO_INFINITY_COLLECTIVES_PER_STEP}"
+        ),
+    }
+    results = {
+        "model_parameters": params,
+        "model_channels": list(spec.unet_channels),
+        "speed": rows,
+        "memory": memory_rows,
+        "dual_scope_psnr_db_vs_exact": dual_psnr,
+        "video_infinity_collectives_per_step": VIDEO_INFINITY_COLLECTIVES_PER_STEP,
+    }
+    write_json(args.json, results, targets)
+
+
+if __name__ == "__main__":
+    main()
