@@ -138,6 +138,16 @@ class AxisComm:
         self.stats.record(self.axis, kind, _nbytes(tensor), _nbytes(tensor))
         return tensor
 
+    def broadcast(self, tensor: torch.Tensor, kind: str, src: int = 0) -> torch.Tensor:
+        """Every rank ends with rank ``src``'s ``tensor`` (same shape and dtype on all ranks)."""
+        if self.size == 1:
+            return tensor
+        tensor = tensor.contiguous()
+        dist.broadcast(tensor, group=self.group, group_src=src)
+        sent = _nbytes(tensor) * (self.size - 1) if self.rank == src else 0
+        self.stats.record(self.axis, kind, sent, 0 if self.rank == src else _nbytes(tensor))
+        return tensor
+
     def halo_exchange(
         self, tensor: torch.Tensor, dim: int, width: int, kind: str
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -147,7 +147,13 @@ def denoise_clip(
         return apply_clip_parallel(unet, worker.comm, worker.frames, job.video.num_frames, config).remove
 
     start = agree_resume_step(worker.comm, job, worker.frames) if resume else None
-    slot = WorkerSlot(rank=worker.comm.rank, world_size=worker.comm.size, frames=worker.frames, install=install)
+    slot = WorkerSlot(
+        rank=worker.comm.rank,
+        world_size=worker.comm.size,
+        frames=worker.frames,
+        install=install,
+        share=lambda tensor: worker.comm.broadcast(tensor, "image_latent"),
+    )
     return denoise(job, worker.bundle, job.noise.seed, slot, resume_from=start, progress=progress)
 
 

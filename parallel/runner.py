@@ -16,7 +16,7 @@ from parallel.render import job_clips, plan_of, render_worker, segments_dir
 from videogen.config import JobConfig, resolve_seed
 from videogen.errors import ConfigError, VideogenError
 from videogen.models.loader import COMPONENTS, component_dir
-from videogen.pipeline import RenderResult
+from videogen.pipeline import RenderResult, check_inputs
 
 LOCAL_TIMEOUT_S = 7 * 24 * 3600.0  # a render may take days; dead workers are detected at once
 
@@ -28,6 +28,7 @@ def _preflight(job: JobConfig) -> None:
         raise ConfigError(f"parallel.clip: {error}") from None
     for component in COMPONENTS:
         component_dir(job.model, component)
+    check_inputs(job)
 
 
 def render_parallel(job: JobConfig, resume: bool = False, progress: bool = True) -> RenderResult:

@@ -13,6 +13,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
+torch.set_num_threads(1)  # the tiny models are faster on one thread, and CI has two cores for everything
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     from videogen.models.tiny import write_tiny_model

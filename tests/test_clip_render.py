@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
 
-from parallel.launch import run_local
 from parallel.dual_scope import apply_dual_scope_reference
+from parallel.launch import run_local
 from parallel.render import clip_config, clip_latents_worker, job_clips
 from parallel.runner import render_parallel
 from videogen.config import load_job
@@ -95,3 +96,22 @@ def test_missing_model_fails_before_any_worker_starts(make_job, tmp_path):
     job.model.path = str(tmp_path / "gone")
     with pytest.raises(ModelLoadError, match="does not exist"):
         render_parallel(job, progress=False)
+
+
+def test_image_to_video_clip_render_equals_the_single_worker_render(make_job, tmp_path):
+    image = tmp_path / "first.png"
+    ramp = np.linspace(0, 255, 32, dtype=np.uint8)
+    iio.imwrite(
+        image, np.stack([np.tile(ramp, (32, 1)), np.tile(ramp[:, None], (1, 32)), np.full((32, 32), 90, np.uint8)], -1)
+    )
+    job = load_job(
+        make_job(
+            video={"width": 32, "height": 32, "num_frames": 9},
+            image={"path": str(image)},
+            parallel={"launcher": "local", "clip": 2},
+        )
+    ).config
+    parts = run_local(clip_latents_worker, 2, job, num_threads=1)
+    joined = torch.cat([p["latents"] for p in parts], dim=2)
+    assert (joined - _single(job)).abs().max().item() <= 1e-4
+    assert "image_latent" in parts[1]["traffic"]

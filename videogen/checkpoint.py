@@ -29,9 +29,14 @@ _NAME = re.compile(r"^step(\d{5})\.frames(\d+)-(\d+)\.safetensors$")
 
 
 def job_fingerprint(job: JobConfig) -> str:
-    """Hash of the sections that determine the latents (not output or parallel layout)."""
+    """Hash of the sections that determine the latents (not output or parallel layout).
+
+    The first-frame image's bytes count too: a changed image at the same path is another job.
+    """
     container = OmegaConf.to_container(OmegaConf.structured(job), resolve=True)
-    shaping = {k: container[k] for k in ("model", "prompts", "video", "sampler", "noise")}
+    shaping = {k: container[k] for k in ("model", "prompts", "video", "sampler", "noise", "image")}
+    if job.image.path is not None and Path(job.image.path).is_file():
+        shaping["image_sha256"] = hashlib.sha256(Path(job.image.path).read_bytes()).hexdigest()
     shaping["sampler"] = {k: v for k, v in shaping["sampler"].items() if k != "checkpoint_every"}
     shaping["model"] = {k: v for k, v in shaping["model"].items() if k not in ("device",)}
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]

@@ -21,6 +21,8 @@ sections and keys (see configs/ and README.md for every default):
   video     width, height (multiples of 8), num_frames, fps
   sampler   name (ddim|euler|dpmpp|unipc), steps, guidance_scale, eta, checkpoint_every
   noise     seed (-1 draws one), kind (gaussian|warped), warped (motion: see docs/warped_noise.md)
+  image     path (first frame: image-to-video), resize, strength, schedule, weight_first, weight_floor,
+            decay_frames, active_fraction, pin_first_frame, fusion (see docs/i2v.md)
   parallel  clip (workers along the frame axis), clip_mode (exact|dual_scope), groupnorm (exact|local),
             dual_scope.{local_radius,global_frames,switch_timestep,scope_bias}, launcher (ray|local),
             threads_per_worker
@@ -108,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     from videogen.noise.warp_cli import register as register_warp_noise
 
     register_warp_noise(sub)
+
+    from videogen.train.trip import register as register_train_trip
+
+    register_train_trip(sub)
     return parser
 
 

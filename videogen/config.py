@@ -19,6 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from videogen.errors import ConfigError
+from videogen.noise.i2v_spec import ImageToVideoSpec, i2v_problems
 from videogen.noise.warp_spec import WarpedNoiseSpec
 from videogen.noise.warp_spec import validate as validate_warped_spec
 
@@ -176,6 +177,7 @@ class JobConfig:
     video: VideoConfig = field(default_factory=VideoConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
+    image: ImageToVideoSpec = field(default_factory=ImageToVideoSpec)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -305,6 +307,7 @@ def _problems(job: JobConfig) -> list[tuple[str, str]]:
     if job.noise.seed < -1:
         out.append(("noise.seed", f"{job.noise.seed}: a seed is >= 0, or -1 to draw one"))
     out.extend(_parallel_problems(job))
+    out.extend((f"image.{key}", message) for key, message in i2v_problems(job.image))
     if job.noise.kind == "warped":
         try:
             validate_warped_spec(job.noise.warped)

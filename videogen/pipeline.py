@@ -26,18 +26,33 @@ from videogen.checkpoint import (
 )
 from videogen.config import JobConfig, resolve_seed, to_yaml
 from videogen.decode import decode_chunks, to_uint8
-from videogen.errors import ConfigError
+from videogen.errors import ConfigError, MediaError
 from videogen.io.atomic import write_text_atomic
+from videogen.io.image import load_image
 from videogen.io.writer import open_sink
 from videogen.models.attention import check_backend, set_attention_backend
 from videogen.models.frame_context import FrameContext, install_frame_context
 from videogen.models.loader import DTYPES, ModelBundle, load_bundle, resolve_device
+from videogen.models.tiny import ensure_tiny_model
+from videogen.models.trip_fusion import load_fusion
 from videogen.noise.gaussian import video_noise
+from videogen.noise.i2v_spec import prior_schedule, resolve_fusion
+from videogen.noise.image_prior import (
+    ImagePriorHook,
+    encode_image_latent,
+    i2v_initial_latents,
+    i2v_start_index,
+    prediction_form,
+)
 from videogen.noise.warped_latents import warped_latent_noise
 from videogen.prompts import build_text_context
 from videogen.sampling import Denoiser, ProgressHook, StepHook, make_scheduler, restore_scheduler_state, run_steps
 
 Installer = Callable[[torch.nn.Module, Denoiser], Callable[[], None]]
+
+
+def _unchanged(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
 
 
 @dataclass
@@ -47,7 +62,8 @@ class WorkerSlot:
     ``frames``: the global frames this worker owns. ``hooks``: extra step hooks. ``install``:
     called with (unet, denoiser) before sampling, returns the function that uninstalls it.
     ``loop``: the denoising loop, :func:`videogen.sampling.run_steps` or a replacement with the
-    same signature (a step-parallel driver).
+    same signature (a step-parallel driver). ``share``: gives every worker rank 0's copy of a
+    tensor (the first-frame latent is encoded once and broadcast).
     """
 
     rank: int = 0
@@ -56,6 +72,7 @@ class WorkerSlot:
     hooks: list[StepHook] = field(default_factory=list)
     install: Installer | None = None
     loop: Callable[..., torch.Tensor] = run_steps
+    share: Callable[[torch.Tensor], torch.Tensor] = _unchanged
 
     @property
     def is_main(self) -> bool:
@@ -103,6 +120,28 @@ def initial_noise(job: JobConfig, seed: int, frames: range, bundle: ModelBundle)
     return video_noise(seed, frames, channels, height, width, stream="init")
 
 
+def image_prior(
+    job: JobConfig, bundle: ModelBundle, scheduler, seed: int, slot: WorkerSlot
+) -> tuple[torch.Tensor, int, ImagePriorHook]:
+    """TRIP image-to-video: (initial latents, first step, prior hook) for this worker's frames.
+
+    ``z0`` (the image's latent) is encoded by rank 0 and shared; every frame starts from ``z0``
+    noised with the job's own noise (Gaussian or warped) to the first step run, and the hook
+    fuses the model output with the image noise prior per global frame (docs/i2v.md).
+    """
+    spec = job.image
+    prediction_form(scheduler)
+    image = load_image(spec.path, job.video.width, job.video.height, spec.resize)
+    z0 = slot.share(encode_image_latent(bundle.vae, image).contiguous())
+    start = i2v_start_index(job.sampler.steps, spec.strength)
+    fresh = initial_noise(job, seed, slot_frames(job, slot), bundle).to(bundle.device)
+    latents = i2v_initial_latents(z0, fresh, scheduler, start)
+    root = ensure_tiny_model() if job.model.path == "tiny" else job.model.path
+    fusion_dir = resolve_fusion(spec, root)
+    fusion = load_fusion(fusion_dir, bundle.latent_channels, bundle.device) if fusion_dir else None
+    return latents, start, ImagePriorHook(z0, prior_schedule(spec), fusion)
+
+
 def _step_noise(seed: int, frames: range, shape: tuple[int, int, int]):
     def draw(index: int, latents: torch.Tensor) -> torch.Tensor:
         noise = video_noise(seed, frames, *shape, stream="step", step=index)
@@ -148,16 +187,20 @@ def denoise(
     try:
         scheduler = make_scheduler(job.sampler.name, bundle.scheduler_config, job.model.prediction_type)
         scheduler.set_timesteps(job.sampler.steps, device=bundle.device)
-        latents = initial_noise(job, seed, frames, bundle).to(bundle.device) * scheduler.init_noise_sigma
+        hooks = list(slot.hooks)
+        if job.image.path is not None:
+            latents, start, prior_hook = image_prior(job, bundle, scheduler, seed, slot)
+            hooks.append(prior_hook)
+        else:
+            latents = initial_noise(job, seed, frames, bundle).to(bundle.device) * scheduler.init_noise_sigma
+            start = 0
         fingerprint = job_fingerprint(job)
         ckpt_dir = checkpoint_dir(job)
-        start = 0
         if resume_from is not None:
             ckpt = load_checkpoint(ckpt_dir, frames, resume_from, fingerprint)
             restore_scheduler_state(scheduler, ckpt.scheduler_tensors, ckpt.scheduler_values, bundle.device)
             latents = ckpt.latents.to(bundle.device)
             start = resume_from + 1
-        hooks = list(slot.hooks)
         if job.sampler.checkpoint_every > 0:
             hooks.append(CheckpointHook(ckpt_dir, job.sampler.checkpoint_every, frames, fingerprint))
         hooks.append(ProgressHook(len(scheduler.timesteps), start, enabled=progress and slot.is_main))
@@ -187,6 +230,15 @@ def decode_to(job: JobConfig, bundle: ModelBundle, latents: torch.Tensor, output
         return sink.frames_written
 
 
+def check_inputs(job: JobConfig) -> None:
+    """Read the job's input files once before any weights load, so a bad one fails in a second."""
+    if job.image.path is not None:
+        try:
+            load_image(job.image.path, job.video.width, job.video.height, job.image.resize)
+        except MediaError as error:
+            raise MediaError(f"image.path: {error}") from None
+
+
 def prepare_bundle(job: JobConfig, bundle: ModelBundle | None = None) -> ModelBundle:
     if bundle is None:
         check_backend(job.model.attention, resolve_device(job.model.device), DTYPES[job.model.dtype])
@@ -206,6 +258,7 @@ def render(
     """Render ``job`` on this process and write ``job.output.path`` (atomically)."""
     started = time.perf_counter()
     seed = resolve_seed(job)
+    check_inputs(job)
     bundle = prepare_bundle(job, bundle)
     slot = WorkerSlot()
     start = resume_step(checkpoint_dir(job), slot_frames(job, slot)) if resume else None

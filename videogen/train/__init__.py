@@ -1,0 +1,1 @@
+"""Training loops for modules the renderer uses (TRIP's Temporal Noise Fusion)."""
