@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +18,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
 from diffusers.models.resnet import TemporalConvLayer
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+from videogen.io.atomic import atomic_folder
 
 
 @dataclass(frozen=True)
@@ -122,10 +122,7 @@ def write_tiny_model(path: str | os.PathLike, seed: int = 0, spec: TinySpec = DE
     The folder is assembled under a temporary name beside ``path`` and renamed into place, so a
     crash never leaves a half-written model that the loader would later trust.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_folder(path) as staging:
         tokenizer = tiny_tokenizer(spec.max_tokens)
         tiny_unet(spec, seed).save_pretrained(staging / "unet", safe_serialization=True)
         tiny_vae(spec, seed).save_pretrained(staging / "vae", safe_serialization=True)
@@ -142,13 +139,7 @@ def write_tiny_model(path: str | os.PathLike, seed: int = 0, spec: TinySpec = DE
             "vae": ["diffusers", "AutoencoderKL"],
         }
         (staging / "model_index.json").write_text(json.dumps(index, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return Path(path)
 
 
 def default_tiny_model_dir() -> Path:

@@ -26,9 +26,6 @@ On disk (diffusers layout, safetensors only): ``<folder>/config.json`` and
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -39,6 +36,7 @@ from diffusers.models.embeddings import get_timestep_embedding
 from torch import nn
 
 from videogen.errors import ModelLoadError
+from videogen.io.atomic import atomic_folder
 
 FUSION_DIRNAME = "trip_fusion"
 CONFIG_NAME = "config.json"
@@ -179,18 +177,9 @@ def find_fusion_module(model_dir: str | Path) -> Path | None:
 
 def save_fusion(module: TemporalNoiseFusion, folder: str | Path) -> Path:
     """Write ``config.json`` + ``diffusion_pytorch_model.safetensors`` to ``folder``, atomically."""
-    target = Path(folder)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_folder(folder) as staging:
         module.save_pretrained(staging, safe_serialization=True)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return Path(folder)
 
 
 def load_fusion(

@@ -11,16 +11,15 @@ import argparse
 import json
 import math
 import struct
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 from videogen.errors import ConfigError, MediaError
 from videogen.io.atomic import commit, discard, partial_path
+from videogen.io.writer import open_sink
 from videogen.noise.flow import flow_to_rgb
 from videogen.noise.warp import torch_threads
 from videogen.noise.warp_spec import spec_from_yaml
@@ -68,14 +67,15 @@ def cmd_warp_noise(args: argparse.Namespace) -> int:
     shape = (args.frames, args.channels, args.height, args.width)
     metadata = {"seed": str(args.seed), "spec": OmegaConf.to_yaml(OmegaConf.structured(spec))}
     frames = iter_warped_noise(spec, args.seed, args.frames, args.channels, args.height, args.width)
+    scale = max(1, math.ceil(_PREVIEW_MIN_HEIGHT / args.height))
     with (
         _SafetensorsStream(noise_path, "noise", shape, metadata) as noise_out,
-        _Preview(preview_path, args.height, args.width, args.fps) as preview,
+        open_sink(preview_path, args.fps) as preview,
     ):
         with torch_threads(1):
             for frame in frames:
                 noise_out.write(frame.noise)
-                preview.write(frame)
+                preview.write(preview_frame(frame, scale)[None])
     print(f"wrote {noise_path} (noise {shape}) and {preview_path}")
     return 0
 
@@ -152,39 +152,8 @@ def _noise_rgb(noise: torch.Tensor) -> np.ndarray:
     return scaled.round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
-class _Preview(_AtomicOutput):
-    """libx264 yuv420p mp4: noise on the left, flow colour on the right, enlarged to >= 256 rows."""
-
-    def __init__(self, target: Path, height: int, width: int, fps: int) -> None:
-        self.target, self.partial = target, partial_path(target)
-        self.scale = max(1, math.ceil(_PREVIEW_MIN_HEIGHT / height))
-        self.height = height * self.scale + (height * self.scale) % 2
-        self.width = 2 * width * self.scale
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self.container = av.open(str(self.partial), mode="w", format="mp4")
-        except (av.FFmpegError, OSError) as exc:
-            raise MediaError(f"cannot write {target}: {getattr(exc, 'strerror', None) or exc}") from exc
-        self.stream = self.container.add_stream("libx264", rate=Fraction(fps))
-        self.stream.width, self.stream.height, self.stream.pix_fmt = self.width, self.height, "yuv420p"
-        self.stream.options = {"crf": "18"}
-
-    def write(self, frame: WarpedFrame) -> None:
-        side = np.concatenate([_noise_rgb(frame.noise), flow_to_rgb(frame.flow, _PREVIEW_FLOW_SPEED)], axis=1)
-        big = side.repeat(self.scale, axis=0).repeat(self.scale, axis=1)
-        canvas = np.zeros((self.height, self.width, 3), dtype=np.uint8)
-        canvas[: big.shape[0]] = big
-        packets = self.stream.encode(av.VideoFrame.from_ndarray(canvas, format="rgb24"))
-        self.container.mux(packets)
-
-    def close(self) -> None:
-        self.container.mux(self.stream.encode())
-        self.container.close()
-        commit(self.partial, self.target)
-
-    def abort(self) -> None:
-        try:
-            self.container.close()
-        except (av.FFmpegError, OSError):
-            pass
-        discard(self.partial)
+def preview_frame(frame: WarpedFrame, scale: int) -> np.ndarray:
+    """Noise on the left, the flow as colour on the right, enlarged ``scale`` times, even-sized."""
+    side = np.concatenate([_noise_rgb(frame.noise), flow_to_rgb(frame.flow, _PREVIEW_FLOW_SPEED)], axis=1)
+    big = side.repeat(scale, axis=0).repeat(scale, axis=1)
+    return np.pad(big, ((0, big.shape[0] % 2), (0, big.shape[1] % 2), (0, 0)))

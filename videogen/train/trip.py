@@ -25,11 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -42,7 +39,7 @@ from diffusers import DDPMScheduler
 
 from videogen.config import ModelConfig
 from videogen.errors import ConfigError, MediaError, VideogenError
-from videogen.io.atomic import write_text_atomic
+from videogen.io.atomic import atomic_folder, write_text_atomic
 from videogen.io.image import fit_image
 from videogen.io.video_reader import iter_frames
 from videogen.models.loader import ModelBundle, load_bundle
@@ -212,15 +209,8 @@ def new_fusion(bundle: ModelBundle, cfg: TrainConfig) -> TemporalNoiseFusion:
 
 
 def _save_unet(unet: torch.nn.Module, folder: Path) -> None:
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as staging:
         unet.save_pretrained(staging, safe_serialization=True)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _checkpoint(cfg: TrainConfig, fusion, unet, step: int, losses: list[float]) -> None:
