@@ -115,3 +115,22 @@ def test_image_to_video_clip_render_equals_the_single_worker_render(make_job, tm
     joined = torch.cat([p["latents"] for p in parts], dim=2)
     assert (joined - _single(job)).abs().max().item() <= 1e-4
     assert "image_latent" in parts[1]["traffic"]
+
+
+def test_prompt_schedule_across_clips_keeps_every_prompt(make_job):
+    schedule = [
+        {"text": "a red balloon", "end": 3},
+        {"text": "zebra", "start": 3, "end": 5},
+        {"text": "a lighthouse", "start": 5, "end": 7},
+        {"text": "snow", "start": 7},
+    ]
+    job = load_job(
+        make_job(
+            video={"width": 32, "height": 32, "num_frames": 9},
+            prompts={"text": "", "schedule": schedule, "blend_frames": 2},
+            parallel={"launcher": "local", "clip": 2},
+        )
+    ).config
+    parts = run_local(clip_latents_worker, 2, job, num_threads=1)
+    joined = torch.cat([p["latents"] for p in parts], dim=2)
+    assert (joined - _single(job)).abs().max().item() <= 1e-4
