@@ -361,9 +361,7 @@ def _fingerprint(config: ClipParallelConfig) -> int:
     return zlib.crc32(repr(config).encode())
 
 
-def _agree_on_clips(
-    comm: AxisComm, frames: range, num_frames: int, config: ClipParallelConfig
-) -> list[range]:
+def _agree_on_clips(comm: AxisComm, frames: range, num_frames: int, config: ClipParallelConfig) -> list[range]:
     """Gather every rank's clip and check, on every rank alike, that they tile the video."""
     mine = torch.tensor([frames.start, frames.stop, num_frames, _fingerprint(config)], device=comm.device)
     rows = [r.tolist() for r in comm.all_gather(mine, "setup")]

@@ -211,9 +211,7 @@ def check_temporal_call(attn: Attention, encoder_hidden_states: Any, attention_m
         raise ValueError("clip-sharded temporal attention supports no group or spatial norm in Attention")
 
 
-def temporal_qkv(
-    attn: Attention, hidden_states: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def temporal_qkv(attn: Attention, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Project ``[N, frames, C]`` tokens to ``q, k, v`` of shape ``[N, heads, frames, head_dim]``."""
     n = hidden_states.shape[0]
 
@@ -251,9 +249,7 @@ def group_stats(norm: nn.GroupNorm, x: torch.Tensor, own: slice) -> tuple[torch.
     return mean, var, part.shape[-1]
 
 
-def apply_group_norm(
-    norm: nn.GroupNorm, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor
-) -> torch.Tensor:
+def apply_group_norm(norm: nn.GroupNorm, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
     """``(x - mean) / sqrt(var + eps) * weight + bias`` with per-(batch, group) ``mean`` and ``var``."""
     b, c = x.shape[:2]
     y = (x.reshape(b, norm.num_groups, -1).float() - mean[..., None]) * torch.rsqrt(var + norm.eps)[..., None]
@@ -280,9 +276,7 @@ class _ReferenceState:
         self.config = config
         self.recorder = recorder
 
-    def mask(
-        self, num_frames: int, dtype: torch.dtype, device: torch.device
-    ) -> tuple[list[int], torch.Tensor]:
+    def mask(self, num_frames: int, dtype: torch.dtype, device: torch.device) -> tuple[list[int], torch.Tensor]:
         cfg = self.config
         glob = global_frame_indices(num_frames, cfg.global_frames)
         local_bias, global_bias = scope_biases(cfg, self.recorder.current())

@@ -84,17 +84,13 @@ def _exact_worker(rank: int, world_size: int, cases: list[tuple[int, int]]) -> d
             stats = comm.stats.by_kind("clip")
             handle.remove()
             after = unet(sample, T, context).sample
-        runs.append(
-            {"frames": frames, "local": local, "stats": stats, "restored": torch.equal(before, after)}
-        )
+        runs.append({"frames": frames, "local": local, "stats": stats, "restored": torch.equal(before, after)})
     errors = {}
     if world_size == 2:
         gap = [range(0, 5), range(6, 9)][rank]
         errors["gap"] = _try_apply(unet, comm, gap, 9, EXACT)
         errors["short"] = _try_apply(unet, comm, split_frames(6, 2)[rank], 6, EXACT)
-        other = (
-            EXACT if rank == 0 else ClipParallelConfig(mode="dual_scope", dual_scope=DualScopeConfig(4, 4))
-        )
+        other = EXACT if rank == 0 else ClipParallelConfig(mode="dual_scope", dual_scope=DualScopeConfig(4, 4))
         errors["config"] = _try_apply(unet, comm, split_frames(9, 2)[rank], 9, other)
     return {"runs": runs, "errors": errors}
 
@@ -295,9 +291,7 @@ def _layer_sizes(num_frames: int, batch: int) -> dict[str, list[int]]:
             sizes["groups"] += [stage[0].num_groups for stage in stages]
         elif isinstance(module, Attention) and _is_temporal(name):
             hooks.append(
-                module.register_forward_pre_hook(
-                    lambda m, a: sizes["attn"].append(a[0].shape[0] * m.to_k.out_features)
-                )
+                module.register_forward_pre_hook(lambda m, a: sizes["attn"].append(a[0].shape[0] * m.to_k.out_features))
             )
         elif isinstance(module, torch.nn.GroupNorm) and _is_temporal(name):
             sizes["groups"].append(module.num_groups)

@@ -149,9 +149,7 @@ def test_reference_attention_equals_a_per_query_softmax_over_the_two_scopes():
 
 
 def test_dual_scope_differs_from_full_attention_and_between_phases():
-    config = ClipParallelConfig(
-        mode="dual_scope", dual_scope=DualScopeConfig(local_radius=2, global_frames=3)
-    )
+    config = ClipParallelConfig(mode="dual_scope", dual_scope=DualScopeConfig(local_radius=2, global_frames=3))
     sample, context = _inputs(12, 1)
     with torch.no_grad():
         full = _unet()(sample, LATE, context).sample
@@ -168,9 +166,7 @@ def test_reference_with_one_clip_has_the_same_local_and_whole_video_statistics()
 
 
 def test_timestep_is_read_from_the_unet_call_and_must_be_shared_by_the_batch():
-    config = ClipParallelConfig(
-        mode="dual_scope", dual_scope=DualScopeConfig(local_radius=4, global_frames=4)
-    )
+    config = ClipParallelConfig(mode="dual_scope", dual_scope=DualScopeConfig(local_radius=4, global_frames=4))
     unet = _unet()
     handle = apply_clip_parallel(unet, AxisComm(None, "clip"), range(0, 8), 8, config)
     sample, context = _inputs(8, 2)
@@ -185,9 +181,7 @@ def test_timestep_is_read_from_the_unet_call_and_must_be_shared_by_the_batch():
 
 
 def test_single_worker_dual_scope_equals_the_reference():
-    config = ClipParallelConfig(
-        mode="dual_scope", dual_scope=DualScopeConfig(local_radius=3, global_frames=4)
-    )
+    config = ClipParallelConfig(mode="dual_scope", dual_scope=DualScopeConfig(local_radius=3, global_frames=4))
     sample, context = _inputs(10, 2)
     unet = _unet()
     handle = apply_clip_parallel(unet, AxisComm(None, "clip"), range(0, 10), 10, config)

@@ -152,9 +152,7 @@ def test_workers_exit_when_the_launcher_is_killed(tmp_path):
         "from parallel.launch import run_local; run_local(test_launch._sleep_forever, 2, sys.argv[3])"
     )
     env = {**os.environ, "PYTHONPATH": ""}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", driver, str(ROOT), str(ROOT / "tests"), str(tmp_path)], env=env
-    )
+    proc = subprocess.Popen([sys.executable, "-c", driver, str(ROOT), str(ROOT / "tests"), str(tmp_path)], env=env)
     pids: list[int] = []
     helpers: list[int] = []
     try:

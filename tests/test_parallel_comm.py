@@ -78,9 +78,7 @@ def test_halo_exchange_records_one_call_and_the_bytes_of_each_side(results):
 @pytest.mark.slow
 def test_uneven_all_gather_concatenates_in_rank_order(results):
     expected = torch.cat([torch.full((2, n), float(rank)) for rank, n in enumerate([1, 2, 3])], dim=1)
-    empty = torch.cat(
-        [torch.full((n, 4), float(rank), dtype=torch.float64) for rank, n in enumerate([2, 0, 1])]
-    )
+    empty = torch.cat([torch.full((n, 4), float(rank), dtype=torch.float64) for rank, n in enumerate([2, 0, 1])])
     for r in results:
         assert torch.equal(r["gather_uneven"], expected)
         assert torch.equal(r["gather_with_empty"], empty)

@@ -29,8 +29,15 @@ def ray_head():
     env.pop("RAY_ADDRESS", None)
     port, dashboard = find_free_port(), find_free_port()
     started = _ray(
-        "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dashboard}", "--num-cpus=4", "--include-dashboard=true", "--disable-usage-stats",
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        "--num-cpus=4",
+        "--include-dashboard=true",
+        "--disable-usage-stats",
         env=env,
     )
     try:
@@ -44,11 +51,26 @@ def test_submitted_job_renders_the_video_on_the_cluster(ray_head, tmp_path, tiny
     address, env = ray_head
     out = tmp_path / "submitted.mp4"
     result = _ray(
-        "job", "submit", "--address", address, "--working-dir", str(REPO),
-        "--runtime-env", str(REPO / "jobs" / "runtime_env.yaml"), "--",
-        "python", "-m", "jobs.render", "configs/demo.yaml", f"model.path={tiny_model_dir}",
-        f"output.path={out}", "video.num_frames=16", "sampler.steps=2", "--no-progress",
-        env=env, timeout=300,
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        str(REPO),
+        "--runtime-env",
+        str(REPO / "jobs" / "runtime_env.yaml"),
+        "--",
+        "python",
+        "-m",
+        "jobs.render",
+        "configs/demo.yaml",
+        f"model.path={tiny_model_dir}",
+        f"output.path={out}",
+        "video.num_frames=16",
+        "sampler.steps=2",
+        "--no-progress",
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert f"wrote {out} (16 frames" in result.stdout

@@ -25,8 +25,9 @@ def ray_cluster():
     import ray
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-             namespace="videogen")
+    ray.init(
+        num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False, namespace="videogen"
+    )
     yield ray
     ray.shutdown()
 
