@@ -102,6 +102,8 @@ def time_vs_diffusers(model_dir: str, frames: int, size: int, steps: int, repeat
         "diffusers_s": statistics.median(t_theirs),
         "ratio": statistics.median(t_ours) / statistics.median(t_theirs),
         "max_abs_diff": difference,
+        "ours_chunked_s": statistics.median(t_chunked),
+        "ratio_chunked": statistics.median(t_chunked) / statistics.median(t_theirs),
         "result_shape": list(result.shape),
     }
 
