@@ -125,7 +125,8 @@ class Denoiser:
 StepNoise = Callable[[int, torch.Tensor], torch.Tensor]
 
 
-def _step_kwargs(scheduler: SchedulerMixin, eta: float) -> dict[str, Any]:
+def step_kwargs(scheduler: SchedulerMixin, eta: float) -> dict[str, Any]:
+    """The keyword arguments ``scheduler.step`` takes besides the model output (DDIM: ``eta``)."""
     params = inspect.signature(scheduler.step).parameters
     return {"eta": eta} if "eta" in params else {}
 
@@ -148,7 +149,7 @@ def run_steps(
     """
     timesteps = scheduler.timesteps
     num_steps = len(timesteps)
-    kwargs = _step_kwargs(scheduler, eta)
+    kwargs = step_kwargs(scheduler, eta)
     for index in range(start_index, num_steps):
         t = timesteps[index]
         ctx = StepContext(index, num_steps, t, scheduler, frames)

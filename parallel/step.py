@@ -1,0 +1,398 @@
+"""Step parallelism: ParaStep's reuse-then-predict on the ``step`` mesh axis, and its oracle.
+
+ParaStep (Wang, Li, Yu, Guo, Zhao, "Communication-Efficient Diffusion Denoising Parallelization
+via Reuse-then-Predict Mechanism", arXiv 2505.14741). Let ``x_i`` be the latents before step ``i``
+of ``T``, ``f(x, t)`` the guided model output (epsilon or v) and ``Phi(x, o, i)`` one scheduler step
+at ``t_i`` (output hooks included). The sequential sampler is ``x_{i+1} = Phi(x_i, f(x_i, t_i), i)``.
+With ``N`` step-ranks and ``W`` warm-up steps:
+
+- **warm-up** (steps ``start .. start+W-1``): every rank computes the sequential step itself;
+- **rounds** of ``N`` consecutive steps ``s .. s+N-1`` (the last round may be shorter). Rank ``k``
+  *drafts* ``x~_{s+k}`` by ``k`` scheduler steps from ``x_s`` that *reuse* a cached output ``c_k``
+  instead of calling the model, then *predicts* once: ``o_{s+k} = f(x~_{s+k}, t_{s+k})``. The
+  master trajectory is ``x_{s+r+1} = Phi(x_{s+r}, o_{s+r}, s+r)`` for ``r = 0 .. N-1``: each output
+  is evaluated at a draft and applied to the true latents. That is the only approximation; the
+  warm-up, position 0 of every round and ``N = 1`` are exact.
+
+Reuse rules (``c_k``): ``"shared"`` (default) reuses the newest output, ``o_{s-1}``, on every rank;
+``"own"`` reuses the newest output this rank evaluated itself, ``o_{s-N+k}`` (in the first round,
+the last warm-up output), as the released code does. They coincide for ``N = 2``.
+
+Communication, per round: one ``all_gather`` of the ``N`` predicted outputs on the step axis
+(kind ``"model_output"``), after which *every* rank applies the same master steps to the same
+tensors in the same order. So every rank holds the master latents and the master scheduler state
+(multistep history included) at every step, byte for byte, and ends with the final latents. The
+released code instead sends each output to rank 0, which alone keeps the trajectory and broadcasts
+the latent after each full round: the other ranks never see the steps inside a round, nor the
+final latents after a partial last round. For ``N = 2`` both schemes move one latent-sized tensor
+per round into each rank; for larger ``N`` the gather brings ``N - 1`` into every rank, where the
+released scheme brings ``N - 1`` into rank 0 and one into the others. One small ``all_gather`` at
+the start of a render checks that every rank runs the same schedule (kind ``"setup"``). Nothing
+else crosses workers; nothing is sent during the warm-up.
+
+Drafts run on a copy of the master scheduler taken at ``s``, so stateful schedulers (Euler's step
+index, DPM-Solver++/UniPC history) draft from the master's state and the master's own state never
+sees a draft. Samplers whose step draws random numbers itself (ancestral, SDE) are refused: ranks
+take different numbers of draft steps, so their generators would diverge. DDIM with ``eta > 0``
+is supported through ``step_noise``, which is drawn per step index, not from a generator.
+
+:class:`SerialReferenceLoop` is the single-process oracle: the same mathematics with ``N``
+virtual ranks, computed step by step.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from parallel.clip import apply_clip_parallel
+from parallel.comm import AxisComm, CommStats
+from parallel.mesh import ParallelPlan, build_mesh
+from parallel.render import clip_config, job_clips
+from videogen.config import JobConfig
+from videogen.errors import ConfigError
+from videogen.pipeline import WorkerSlot, denoise, prepare_bundle
+from videogen.sampling import SCHEDULERS, StepContext, StepHook, StepNoise, step_kwargs
+
+__all__ = [
+    "REUSE_RULES",
+    "STEP_SAMPLERS",
+    "LatentDigests",
+    "SerialReferenceLoop",
+    "StepParallelConfig",
+    "StepParallelLoop",
+    "StepSchedule",
+    "check_sampler",
+    "latent_digest",
+    "make_step_loop",
+    "step_latents_worker",
+    "step_schedule",
+]
+
+REUSE_RULES = ("shared", "own")
+STEP_SAMPLERS = ("ddim", "euler", "dpmpp", "unipc")  # each step is deterministic given output, t, latents
+
+Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class StepParallelConfig:
+    """ParaStep settings.
+
+    ``warmup``: steps every rank computes exactly before the rounds start (at least 1; counted
+    from the first step of the render, or of the resumed part). ``reuse``: ``"shared"`` (the
+    newest output, default) or ``"own"`` (each rank's own newest output, the released code's rule).
+    """
+
+    warmup: int = 3
+    reuse: str = "shared"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 1:
+            raise ConfigError(f"parallel.step_warmup must be an integer >= 1, got {self.warmup!r}")
+        if self.reuse not in REUSE_RULES:
+            raise ConfigError(f"parallel.step_reuse must be one of {REUSE_RULES}, got {self.reuse!r}")
+
+
+def check_sampler(name: str) -> None:
+    """Raise :class:`ConfigError` unless step parallelism supports sampler ``name``."""
+    if name not in STEP_SAMPLERS:
+        raise ConfigError(
+            f"parallel.step > 1 cannot use sampler.name {name!r}: supported are {', '.join(STEP_SAMPLERS)} "
+            "(a sampler that draws noise inside its step would diverge across step workers)"
+        )
+
+
+def _check_scheduler(scheduler: SchedulerMixin) -> None:
+    supported = tuple(SCHEDULERS[name] for name in STEP_SAMPLERS)
+    stochastic = str(getattr(scheduler.config, "algorithm_type", "")).startswith("sde")
+    if type(scheduler) not in supported or stochastic:
+        raise ConfigError(
+            f"step parallelism cannot use the scheduler {type(scheduler).__name__}: it draws noise inside its step, "
+            f"which would diverge across step workers; use one of {', '.join(STEP_SAMPLERS)}"
+        )
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """Which steps are warm-up and how the rest split into rounds.
+
+    Position ``r`` of a round (its ``r``-th step) is evaluated by step-rank ``r``; a warm-up step by
+    every rank. Rank ``k`` therefore evaluates ``len(warmup) + #{rounds longer than k}`` times.
+    """
+
+    warmup: range
+    rounds: tuple[range, ...]
+
+    def evaluations(self, size: int) -> list[int]:
+        """Model evaluations of each of ``size`` ranks."""
+        return [len(self.warmup) + sum(len(r) > k for r in self.rounds) for k in range(size)]
+
+
+def step_schedule(start: int, num_steps: int, warmup: int, size: int) -> StepSchedule:
+    """Warm-up ``start .. start+warmup-1``, then rounds of ``size`` steps up to ``num_steps``."""
+    end = min(num_steps, start + warmup)
+    rounds = tuple(range(s, min(s + size, num_steps)) for s in range(end, num_steps, size))
+    return StepSchedule(range(start, end), rounds)
+
+
+class _Stepper:
+    """One scheduler step exactly as :func:`videogen.sampling.run_steps` takes it, hooks included."""
+
+    def __init__(
+        self,
+        scheduler: SchedulerMixin,
+        frames: range,
+        hooks: Sequence[StepHook],
+        eta: float,
+        step_noise: StepNoise | None,
+    ):
+        if eta > 0 and step_noise is None:
+            raise ValueError("step parallelism with eta > 0 needs step_noise (noise drawn per step index)")
+        self.timesteps = scheduler.timesteps
+        self.frames = frames
+        self.hooks = hooks
+        self.kwargs = step_kwargs(scheduler, eta)
+        self.step_noise = step_noise if eta > 0 else None
+
+    def step(
+        self, scheduler: SchedulerMixin, index: int, latents: torch.Tensor, output: torch.Tensor
+    ) -> tuple[StepContext, torch.Tensor]:
+        """``Phi(latents, output, index)`` on ``scheduler`` (the master's or a draft copy)."""
+        t = self.timesteps[index]
+        ctx = StepContext(index, len(self.timesteps), t, scheduler, self.frames)
+        for hook in self.hooks:
+            output = hook.on_model_output(ctx, latents, output)
+        extra = dict(self.kwargs)
+        if self.step_noise is not None:
+            extra["variance_noise"] = self.step_noise(index, latents)
+        return ctx, scheduler.step(output, t, latents, **extra).prev_sample
+
+    def master(
+        self, scheduler: SchedulerMixin, index: int, latents: torch.Tensor, output: torch.Tensor
+    ) -> torch.Tensor:
+        """A master-trajectory step: :meth:`step`, then every hook's ``on_step_end``."""
+        ctx, latents = self.step(scheduler, index, latents, output)
+        for hook in self.hooks:
+            hook.on_step_end(ctx, latents)
+        return latents
+
+    def evaluate(self, denoiser: Denoise, scheduler: SchedulerMixin, index: int, latents: torch.Tensor) -> torch.Tensor:
+        t = self.timesteps[index]
+        return denoiser(scheduler.scale_model_input(latents, t), t)
+
+    def draft_and_predict(
+        self,
+        denoiser: Denoise,
+        scheduler: SchedulerMixin,
+        latents: torch.Tensor,
+        steps: range,
+        position: int,
+        reuse: torch.Tensor,
+    ) -> torch.Tensor:
+        """``f(x~_{s+k}, t_{s+k})``: ``k = position`` reuse steps from ``x_s`` on a scheduler copy."""
+        if position == 0:
+            return self.evaluate(denoiser, scheduler, steps[0], latents)
+        draft = copy.deepcopy(scheduler)
+        for index in steps[:position]:
+            _, latents = self.step(draft, index, latents, reuse)
+        return self.evaluate(denoiser, draft, steps[position], latents)
+
+
+def _fingerprint(scheduler: SchedulerMixin, config: StepParallelConfig) -> int:
+    text = f"{type(scheduler).__name__}|{config}|{scheduler.timesteps.tolist()}"
+    return zlib.crc32(text.encode())
+
+
+class StepParallelLoop:
+    """The ParaStep denoising loop of one step-rank; a drop-in for :func:`videogen.sampling.run_steps`.
+
+    Hooks: ``on_step_end`` is called once per step, in step order, with the master latents and the
+    master scheduler, on every rank (a round's steps are applied after its exchange, so they come
+    in bursts of ``N``). ``on_model_output`` is called for every scheduler step a rank takes,
+    drafts included (with the draft's latents and scheduler copy): a draft step is the master step
+    with a reused output, so output-shaping hooks (the image prior) shape it the same way. Hooks
+    must be deterministic for the ranks to stay equal. Resuming (``start_index > 0``) starts with a
+    fresh warm-up. No state survives a call.
+    """
+
+    def __init__(self, comm: AxisComm, config: StepParallelConfig):
+        self.comm = comm
+        self.config = config
+
+    def __call__(
+        self,
+        denoiser: Denoise,
+        scheduler: SchedulerMixin,
+        latents: torch.Tensor,
+        frames: range,
+        hooks: Sequence[StepHook] = (),
+        start_index: int = 0,
+        eta: float = 0.0,
+        step_noise: StepNoise | None = None,
+    ) -> torch.Tensor:
+        _check_scheduler(scheduler)
+        stepper = _Stepper(scheduler, frames, hooks, eta, step_noise)
+        num_steps = len(scheduler.timesteps)
+        self._agree(scheduler, latents, start_index, num_steps)
+        schedule = step_schedule(start_index, num_steps, self.config.warmup, self.comm.size)
+        own = newest = None
+        for index in schedule.warmup:
+            own = newest = stepper.evaluate(denoiser, scheduler, index, latents)
+            latents = stepper.master(scheduler, index, latents, newest)
+        for steps in schedule.rounds:
+            reuse = newest if self.config.reuse == "shared" else own
+            mine = None
+            if self.comm.rank < len(steps):
+                mine = stepper.draft_and_predict(denoiser, scheduler, latents, steps, self.comm.rank, reuse)
+                own = mine
+            outputs = self._exchange(mine, len(steps), latents)
+            for index, output in zip(steps, outputs, strict=True):
+                latents = stepper.master(scheduler, index, latents, output)
+            newest = outputs[-1]
+        return latents
+
+    def _agree(self, scheduler: SchedulerMixin, latents: torch.Tensor, start: int, num_steps: int) -> None:
+        """Check on every rank alike that all ranks will run the same rounds on same-shaped latents."""
+        mine = torch.tensor(
+            [start, num_steps, latents.numel(), _fingerprint(scheduler, self.config)], device=self.comm.device
+        )
+        rows = [r.tolist() for r in self.comm.all_gather(mine, "setup")]
+        if any(row != rows[0] for row in rows):
+            raise ConfigError(
+                f"step workers disagree on [start step, steps, latent size, scheduler/config fingerprint]: {rows}"
+            )
+
+    def _exchange(self, mine: torch.Tensor | None, length: int, like: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's prediction of this round, in position order (ranks past ``length`` send none)."""
+        sizes = [1 if k < length else 0 for k in range(self.comm.size)]
+        part = like.new_empty((0, *like.shape)) if mine is None else mine.to(like.dtype).unsqueeze(0)
+        gathered = self.comm.all_gather_uneven(part.to(self.comm.device), 0, sizes, "model_output")
+        return list(gathered.to(like.device).unbind(0))
+
+
+def make_step_loop(comm: AxisComm, config: StepParallelConfig) -> StepParallelLoop:
+    """The denoising loop for this worker's step-rank, for :attr:`videogen.pipeline.WorkerSlot.loop`."""
+    return StepParallelLoop(comm, config)
+
+
+class SerialReferenceLoop:
+    """The oracle: ParaStep with ``size`` virtual step-ranks in one process, step by step.
+
+    For each post-warm-up step ``i = s + r`` (round start ``s``, position ``r``) it drafts ``r``
+    reuse steps from ``x_s`` on a copy of the scheduler as it was at ``s``, evaluates the model once
+    there and takes the master step; the distributed loop must give the same latents.
+    """
+
+    def __init__(self, size: int, config: StepParallelConfig):
+        if size < 1:
+            raise ValueError(f"size must be at least 1, got {size}")
+        self.size = size
+        self.config = config
+
+    def __call__(
+        self,
+        denoiser: Denoise,
+        scheduler: SchedulerMixin,
+        latents: torch.Tensor,
+        frames: range,
+        hooks: Sequence[StepHook] = (),
+        start_index: int = 0,
+        eta: float = 0.0,
+        step_noise: StepNoise | None = None,
+    ) -> torch.Tensor:
+        _check_scheduler(scheduler)
+        stepper = _Stepper(scheduler, frames, hooks, eta, step_noise)
+        schedule = step_schedule(start_index, len(scheduler.timesteps), self.config.warmup, self.size)
+        own: list[torch.Tensor] = []
+        newest = None
+        for index in schedule.warmup:
+            newest = stepper.evaluate(denoiser, scheduler, index, latents)
+            own = [newest] * self.size
+            latents = stepper.master(scheduler, index, latents, newest)
+        for steps in schedule.rounds:
+            start_latents, start_scheduler = latents, copy.deepcopy(scheduler)
+            shared = newest
+            for position, index in enumerate(steps):
+                reuse = shared if self.config.reuse == "shared" else own[position]
+                draft, x = copy.deepcopy(start_scheduler), start_latents
+                for earlier in steps[:position]:
+                    _, x = stepper.step(draft, earlier, x, reuse)
+                newest = own[position] = stepper.evaluate(denoiser, draft, index, x)
+                latents = stepper.master(scheduler, index, latents, newest)
+        return latents
+
+
+def latent_digest(latents: torch.Tensor) -> str:
+    """A hash of the exact bytes of ``latents``."""
+    data = latents.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+class LatentDigests(StepHook):
+    """Records :func:`latent_digest` of the latents after every step (compare ranks byte for byte)."""
+
+    def __init__(self) -> None:
+        self.by_step: dict[int, str] = {}
+
+    def on_step_end(self, ctx: StepContext, latents: torch.Tensor) -> None:
+        self.by_step[ctx.index] = latent_digest(latents)
+
+
+def step_latents_worker(rank: int, world_size: int, job: JobConfig, step: int, config: StepParallelConfig) -> dict:
+    """One worker of a ``ParallelPlan(step=step, clip=job.parallel.clip)`` render, without decoding.
+
+    Clip peers share a step-rank, so they call the (clip-parallel) UNet the same number of times
+    in the same order. Returns this worker's final latents (CPU), its frames, its step and clip
+    coordinates, its model evaluations, the wall and CPU seconds of the sampling call, the digest
+    of the master latents after every step and its traffic per axis and kind.
+    """
+    check_sampler(job.sampler.name)
+    plan = ParallelPlan(step=step, clip=job.parallel.clip)
+    plan.check_world_size(world_size)
+    device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    mesh = build_mesh(plan, device_type)
+    stats = CommStats()
+    step_comm = AxisComm.from_mesh(mesh, "step", stats)
+    clip_comm = AxisComm.from_mesh(mesh, "clip", stats)
+    if device_type == "cuda":
+        job.model.device = f"cuda:{torch.cuda.current_device()}"
+    bundle = prepare_bundle(job)
+    frames = job_clips(job)[clip_comm.rank]
+
+    def install(unet, denoiser):
+        return apply_clip_parallel(unet, clip_comm, frames, job.video.num_frames, clip_config(job)).remove
+
+    digests = LatentDigests()
+    slot = WorkerSlot(
+        rank=rank,
+        world_size=world_size,
+        frames=frames,
+        hooks=[digests],
+        install=install if clip_comm.size > 1 else None,
+        loop=make_step_loop(step_comm, config),
+    )
+    dist.barrier()
+    started, cpu_started = time.perf_counter(), time.process_time()
+    latents, evaluations, _ = denoise(job, bundle, job.noise.seed, slot, progress=False)
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    traffic = {axis: {kind: asdict(t) for kind, t in kinds.items()} for axis, kinds in stats.snapshot().items()}
+    return {
+        "latents": latents.cpu(),
+        "frames": frames,
+        "step_rank": step_comm.rank,
+        "clip_rank": clip_comm.rank,
+        "evaluations": evaluations,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "digests": digests.by_step,
+        "traffic": traffic,
+    }
