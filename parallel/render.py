@@ -17,17 +17,19 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from parallel.clip import ClipParallelConfig, apply_clip_parallel, min_clip_frames, split_frames
-from parallel.comm import AxisComm, CommStats
+from parallel.clip import ClipParallelConfig, min_clip_frames, split_frames
+from parallel.comm import AxisComm
+from parallel.compose import MeshWorker, mesh_slot, setup_mesh_worker
 from parallel.dual_scope import DualScopeConfig
-from parallel.mesh import ParallelPlan, build_mesh
+from parallel.mesh import ParallelPlan
+from parallel.patch import PatchParallelConfig
+from parallel.step import StepParallelConfig
 from videogen.checkpoint import checkpoint_dir, checkpoint_steps
 from videogen.config import JobConfig
 from videogen.errors import VideogenError
 from videogen.io.atomic import commit, discard, partial_path
 from videogen.io.concat import concat_segments
-from videogen.models.loader import ModelBundle
-from videogen.pipeline import WorkerSlot, decode_to, denoise, package_versions, prepare_bundle, write_job_record
+from videogen.pipeline import WorkerSlot, decode_to, denoise, package_versions, write_job_record
 
 
 @dataclass
@@ -45,7 +47,8 @@ class WorkerReport:
 
 
 def plan_of(job: JobConfig) -> ParallelPlan:
-    return ParallelPlan(clip=job.parallel.clip)
+    par = job.parallel
+    return ParallelPlan(clip=par.clip, patch=par.patch, step=par.step, cfg=par.cfg)
 
 
 def clip_config(job: JobConfig) -> ClipParallelConfig:
@@ -69,7 +72,7 @@ def segments_dir(job: JobConfig) -> Path:
 
 def agree_resume_step(comm: AxisComm, job: JobConfig, frames: range) -> int:
     """The newest checkpoint step that every worker has (each keeps its two newest)."""
-    mine = checkpoint_steps(checkpoint_dir(job), frames)
+    mine = checkpoint_steps(checkpoint_dir(job), frames)  # peers of a clip read its writer's files
     have = torch.zeros(job.sampler.steps + 1, dtype=torch.int64, device=comm.device)
     have[[s + 1 for s in mine]] = 1
     have[0] = 1  # index 0 stands for "no checkpoint", which every worker has
@@ -111,75 +114,76 @@ def join_segments(job: JobConfig, clips: list[range]) -> int:
     return frames
 
 
-@dataclass
-class ClipWorker:
-    """One worker's share of a clip-parallel render, set up on a formed process group."""
-
-    comm: AxisComm
-    stats: CommStats
-    clips: list[range]
-    bundle: ModelBundle
-
-    @property
-    def frames(self) -> range:
-        return self.clips[self.comm.rank]
+def patch_config(job: JobConfig) -> PatchParallelConfig:
+    opts = job.parallel.patch_options
+    portion = "all" if opts.portion == "all" else float(opts.portion)
+    return PatchParallelConfig(opts.mode, portion, opts.warmup_steps, opts.groupnorm, opts.split, opts.decode)
 
 
-def setup_clip_worker(world_size: int, job: JobConfig) -> ClipWorker:
-    """Build the mesh, pick this worker's clip and load the model on this worker's device."""
-    plan = plan_of(job)
-    plan.check_world_size(world_size)
-    device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    stats = CommStats()
-    comm = AxisComm.from_mesh(build_mesh(plan, device_type), "clip", stats)
-    if device_type == "cuda":
-        job.model.device = f"cuda:{torch.cuda.current_device()}"
-    return ClipWorker(comm, stats, job_clips(job), prepare_bundle(job))
+def step_config(job: JobConfig) -> StepParallelConfig:
+    return StepParallelConfig(warmup=job.parallel.step_warmup, reuse=job.parallel.step_reuse)
 
 
-def denoise_clip(
-    worker: ClipWorker, job: JobConfig, resume: bool, progress: bool
-) -> tuple[torch.Tensor, int, int | None]:
-    """Run the single-worker sampler on this clip with clip parallelism installed."""
-    config = clip_config(job)
+def is_writer(worker: MeshWorker) -> bool:
+    """One worker per clip decodes, writes and checkpoints: patch, cfg and step rank 0."""
+    return all(worker.comms[axis].rank == 0 for axis in ("patch", "cfg", "step"))
 
-    def install(unet, denoiser):
-        return apply_clip_parallel(unet, worker.comm, worker.frames, job.video.num_frames, config).remove
 
-    start = agree_resume_step(worker.comm, job, worker.frames) if resume else None
-    slot = WorkerSlot(
-        rank=worker.comm.rank,
-        world_size=worker.comm.size,
-        frames=worker.frames,
-        install=install,
-        share=lambda tensor: worker.comm.broadcast(tensor, "image_latent"),
+def setup_worker(world_size: int, job: JobConfig) -> MeshWorker:
+    return setup_mesh_worker(world_size, job, plan_of(job), clip_config(job), patch_config(job))
+
+
+def worker_slot(worker: MeshWorker, job: JobConfig, world: AxisComm) -> WorkerSlot:
+    slot = mesh_slot(
+        worker,
+        job,
+        clip_config(job),
+        patch_config(job),
+        step=step_config(job),
+        share=lambda tensor: world.broadcast(tensor, "image_latent"),
     )
-    return denoise(job, worker.bundle, job.noise.seed, slot, resume_from=start, progress=progress)
+    slot.saves_checkpoints = is_writer(worker)
+    return slot
 
 
 def clip_latents_worker(rank: int, world_size: int, job: JobConfig) -> dict:
     """This worker's final latents (CPU) and communication, without decoding (oracles, benchmarks)."""
-    worker = setup_clip_worker(world_size, job)
+    worker = setup_worker(world_size, job)
     worker.stats.reset()
-    latents, evaluations, _ = denoise_clip(worker, job, resume=False, progress=False)
+    world = AxisComm(dist.group.WORLD, "world", worker.stats)
+    latents, evaluations, _ = denoise(
+        job, worker.bundle, job.noise.seed, worker_slot(worker, job, world), progress=False
+    )
     traffic = {kind: asdict(t) for kind, t in worker.stats.by_kind("clip").items()}
+    traffic.update({kind: asdict(t) for kind, t in worker.stats.by_kind("world").items()})
     return {"latents": latents.cpu(), "frames": worker.frames, "evaluations": evaluations, "traffic": traffic}
 
 
 def render_worker(rank: int, world_size: int, job: JobConfig, resume: bool, progress: bool = True) -> WorkerReport:
-    """Render this worker's clip and, on rank 0, the joined video. ``job.noise.seed`` is resolved."""
+    """Render this worker's share and, on rank 0, the joined video. ``job.noise.seed`` is resolved."""
     started = time.perf_counter()
-    worker = setup_clip_worker(world_size, job)
-    latents, evaluations, resumed = denoise_clip(worker, job, resume, progress and rank == 0)
-    _write_segment(job, worker.bundle, latents, worker.comm.rank)
-    traffic = {kind: asdict(t) for kind, t in worker.stats.by_kind("clip").items()}
+    worker = setup_worker(world_size, job)
+    world = AxisComm(dist.group.WORLD, "world", worker.stats)
+    clips = job_clips(job)
+    start = agree_resume_step(world, job, worker.frames) if resume else None
+    slot = worker_slot(worker, job, world)
+    latents, evaluations, resumed = denoise(
+        job, worker.bundle, job.noise.seed, slot, resume_from=start, progress=progress and rank == 0
+    )
+    if is_writer(worker):
+        _write_segment(job, worker.bundle, latents, worker.comms["clip"].rank)
+    traffic = {
+        f"{axis}.{kind}": asdict(t)
+        for axis in ("clip", "patch", "cfg", "step")
+        for kind, t in worker.stats.by_kind(axis).items()
+    }
     dist.barrier()
     frames = worker.frames
     report = WorkerReport(
         rank, (frames.start, frames.stop), evaluations, 0.0, str(worker.bundle.device), resumed, traffic
     )
     if rank == 0:
-        written = join_segments(job, worker.clips)
+        written = join_segments(job, clips)
         report.output = job.output.path
         write_job_record(
             job,
@@ -187,9 +191,10 @@ def render_worker(rank: int, world_size: int, job: JobConfig, resume: bool, prog
                 "seed": job.noise.seed,
                 "frames": written,
                 "workers": world_size,
-                "clips": [[c.start, c.stop] for c in worker.clips],
+                "mesh": {axis: getattr(worker.plan, axis) for axis in ("clip", "patch", "cfg", "step")},
+                "clips": [[c.start, c.stop] for c in clips],
                 "seconds": round(time.perf_counter() - started, 3),
-                "model_evaluations_per_worker": evaluations,
+                "model_evaluations_rank0": evaluations,
                 "resumed_from_step": resumed,
                 "device": str(worker.bundle.device),
                 "versions": package_versions(),

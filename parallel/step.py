@@ -56,7 +56,6 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from parallel.clip import apply_clip_parallel
 from parallel.comm import AxisComm, CommStats
 from parallel.mesh import ParallelPlan, build_mesh
-from parallel.render import clip_config, job_clips
 from videogen.config import JobConfig
 from videogen.errors import ConfigError
 from videogen.pipeline import WorkerSlot, denoise, prepare_bundle
@@ -355,6 +354,8 @@ def step_latents_worker(rank: int, world_size: int, job: JobConfig, step: int, c
     coordinates, its model evaluations, the wall and CPU seconds of the sampling call, the digest
     of the master latents after every step and its traffic per axis and kind.
     """
+    from parallel.render import clip_config, job_clips  # the render worker composes this module
+
     check_sampler(job.sampler.name)
     plan = ParallelPlan(step=step, clip=job.parallel.clip)
     plan.check_world_size(world_size)

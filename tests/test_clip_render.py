@@ -134,3 +134,34 @@ def test_prompt_schedule_across_clips_keeps_every_prompt(make_job):
     parts = run_local(clip_latents_worker, 2, job, num_threads=1)
     joined = torch.cat([p["latents"] for p in parts], dim=2)
     assert (joined - _single(job)).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize(
+    ("parallel", "workers"),
+    [
+        ({"patch": 2, "cfg": 2, "patch_options": {"mode": "sync", "groupnorm": "exact"}}, 4),
+        ({"step": 2, "step_warmup": 3}, 2),  # warm-up >= steps: every step is computed by both
+        ({"clip": 2, "step": 2, "step_warmup": 3}, 4),
+    ],
+)
+def test_render_worker_meshes_equal_the_single_worker_render(make_job, parallel, workers):
+    job = load_job(
+        make_job(video={"width": 32, "height": 32, "num_frames": 9}, parallel={"launcher": "local", **parallel})
+    ).config
+    parts = run_local(clip_latents_worker, workers, job, num_threads=1)
+    by_clip = {p["frames"].start: p["latents"] for p in parts}
+    joined = torch.cat([by_clip[k] for k in sorted(by_clip)], dim=2)
+    assert (joined - _single(job)).abs().max().item() <= 1e-4
+
+
+def test_patch_and_step_render_writes_one_joined_video(make_job, tmp_path):
+    job = load_job(
+        make_job(
+            video={"width": 32, "height": 32, "num_frames": 9},
+            parallel={"launcher": "local", "patch": 2, "step": 2, "step_warmup": 1},
+            sampler={"steps": 4, "checkpoint_every": 2},
+        ),
+        [f"output.path={tmp_path / 'frames'}"],
+    ).config
+    result = render_parallel(job, progress=False)
+    assert len(list(result.output.iterdir())) == 9

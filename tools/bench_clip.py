@@ -37,14 +37,17 @@ def bench_worker(rank: int, world_size: int, job) -> dict:
     """Inside a worker: set up, then time and measure the sampling loop only."""
     import torch.distributed as dist
 
-    from parallel.render import denoise_clip, setup_clip_worker
+    from parallel.comm import AxisComm
+    from parallel.render import setup_worker, worker_slot
+    from videogen.pipeline import denoise
 
-    worker = setup_clip_worker(world_size, job)
+    worker = setup_worker(world_size, job)
+    slot = worker_slot(worker, job, AxisComm(dist.group.WORLD, "world", worker.stats))
     worker.stats.reset()
     dist.barrier()
     with PeakRSS() as rss:
         start = time.perf_counter()
-        latents, evaluations, _ = denoise_clip(worker, job, resume=False, progress=False)
+        latents, evaluations, _ = denoise(job, worker.bundle, job.noise.seed, slot, progress=False)
         seconds = time.perf_counter() - start
     traffic = worker.stats.by_kind("clip")
     return {

@@ -119,6 +119,25 @@ class DualScopeSection:
 
 
 @dataclass
+class PatchSection:
+    """Patch parallelism (parallel.patch > 1): DistriFusion displaced patches with PCPP.
+
+    ``mode``: ``displaced`` (stale neighbour activations after ``warmup_steps`` synchronous UNet
+    calls) or ``sync`` (exact every step). ``portion``: ``all`` (DistriFusion's full
+    conditioning) or the fraction in (0, 1] of each neighbour's band that attention sees (PCPP).
+    ``groupnorm``: ``exact`` or ``stale`` (corrected stale statistics, displaced only).
+    ``split``: ``auto``, ``h`` or ``w``. ``decode``: ``auto``, ``frames`` or ``patch``.
+    """
+
+    mode: Literal["displaced", "sync"] = "displaced"
+    portion: str = "0.25"
+    warmup_steps: int = 4
+    groupnorm: Literal["exact", "stale"] = "stale"
+    split: Literal["auto", "h", "w"] = "auto"
+    decode: Literal["auto", "frames", "patch"] = "auto"
+
+
+@dataclass
 class ParallelConfig:
     """How workers split the video.
 
@@ -129,9 +148,19 @@ class ParallelConfig:
     only). ``launcher``: ``ray`` (actors in a placement group; a local Ray instance unless
     ``ray.address`` is set) or ``local`` (processes on this machine, no Ray).
     ``threads_per_worker``: torch CPU threads per worker (0 = torch's default).
+    ``patch``: workers splitting each frame's latent rows (``patch_options``). ``cfg``: 2 puts
+    the two guidance branches on two workers. ``step``: ParaStep workers computing different
+    denoising steps after ``step_warmup`` common ones, reusing outputs by ``step_reuse``.
+    The world size is clip x patch x cfg x step.
     """
 
     clip: int = 1
+    patch: int = 1
+    cfg: int = 1
+    step: int = 1
+    step_warmup: int = 3
+    step_reuse: Literal["shared", "own"] = "shared"
+    patch_options: PatchSection = field(default_factory=PatchSection)
     clip_mode: Literal["exact", "dual_scope"] = "exact"
     groupnorm: Literal["exact", "local"] = "exact"
     dual_scope: DualScopeSection = field(default_factory=DualScopeSection)
@@ -349,6 +378,15 @@ def _parallel_problems(job: JobConfig) -> list[tuple[str, str]]:
         out.append(("parallel.dual_scope.local_radius", f"{ds.local_radius}: must be >= 1"))
     if ds.global_frames < 1:
         out.append(("parallel.dual_scope.global_frames", f"{ds.global_frames}: must be >= 1"))
+    if par.patch < 1 or par.step < 1 or par.cfg not in (1, 2):
+        out.append(("parallel", "patch and step must be >= 1, cfg 1 or 2"))
+    if par.cfg == 2 and job.sampler.guidance_scale <= 1:
+        out.append(("parallel.cfg", "splitting guidance branches needs sampler.guidance_scale > 1"))
+    if par.step > 1 and par.step_warmup < 1:
+        out.append(("parallel.step_warmup", f"{par.step_warmup}: must be >= 1"))
+    portion = par.patch_options.portion
+    if portion != "all" and not _is_fraction(portion):
+        out.append(("parallel.patch_options.portion", f"{portion!r}: 'all' or a number in (0, 1]"))
     if par.threads_per_worker < 0:
         out.append(("parallel.threads_per_worker", f"{par.threads_per_worker}: must be >= 0 (0 = default)"))
     if par.clip > 1 and Path(job.output.path).suffix.lower() == ".gif":
@@ -356,6 +394,13 @@ def _parallel_problems(job: JobConfig) -> list[tuple[str, str]]:
     if job.ray.cpus_per_worker < 0 or (job.ray.gpus_per_worker < 0 and job.ray.gpus_per_worker != -1):
         out.append(("ray", "cpus_per_worker must be >= 0 and gpus_per_worker >= 0 or -1 (auto)"))
     return out
+
+
+def _is_fraction(text: str) -> bool:
+    try:
+        return 0 < float(text) <= 1
+    except ValueError:
+        return False
 
 
 def _schedule_gaps(schedule: list[PromptSegment], num_frames: int) -> list[tuple[str, str]]:

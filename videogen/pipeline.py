@@ -63,7 +63,8 @@ class WorkerSlot:
     called with (unet, denoiser) before sampling, returns the function that uninstalls it.
     ``loop``: the denoising loop, :func:`videogen.sampling.run_steps` or a replacement with the
     same signature (a step-parallel driver). ``share``: gives every worker rank 0's copy of a
-    tensor (the first-frame latent is encoded once and broadcast).
+    tensor (the first-frame latent is encoded once and broadcast). ``saves_checkpoints``: false
+    for workers whose peers hold the same frames and save them (patch, cfg and step peers).
     """
 
     rank: int = 0
@@ -73,6 +74,7 @@ class WorkerSlot:
     install: Installer | None = None
     loop: Callable[..., torch.Tensor] = run_steps
     share: Callable[[torch.Tensor], torch.Tensor] = _unchanged
+    saves_checkpoints: bool = True
 
     @property
     def is_main(self) -> bool:
@@ -201,7 +203,7 @@ def denoise(
             restore_scheduler_state(scheduler, ckpt.scheduler_tensors, ckpt.scheduler_values, bundle.device)
             latents = ckpt.latents.to(bundle.device)
             start = resume_from + 1
-        if job.sampler.checkpoint_every > 0:
+        if job.sampler.checkpoint_every > 0 and slot.saves_checkpoints:
             hooks.append(CheckpointHook(ckpt_dir, job.sampler.checkpoint_every, frames, fingerprint))
         hooks.append(ProgressHook(len(scheduler.timesteps), start, enabled=progress and slot.is_main))
         latents = slot.loop(
