@@ -25,7 +25,8 @@ sections and keys (see configs/ and README.md for every default):
             decay_frames, active_fraction, pin_first_frame, fusion (see docs/i2v.md)
   parallel  clip (workers along the frame axis), clip_mode (exact|dual_scope), groupnorm (exact|local),
             dual_scope.{local_radius,global_frames,switch_timestep,scope_bias}, launcher (ray|local),
-            threads_per_worker
+            threads_per_worker, patch, cfg (1|2), step, step_warmup, step_reuse (shared|own),
+            patch_options.{mode,portion,warmup_steps,groupnorm,split,decode}
   ray       address (null = local instance), placement, cpus_per_worker, gpus_per_worker, startup_timeout_s
   output    path (.mp4, .gif, or no suffix for PNG frames), crf, decode_chunk_frames, checkpoint_dir
 """
