@@ -26,14 +26,6 @@ SCHEDULE = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _runs(rank: int, world_size: int, runs: list) -> list[dict]:
     return [mesh_latents_worker(rank, world_size, *run) for run in runs]
 

@@ -29,26 +29,6 @@ T = 500
 EXACT = ClipParallelConfig()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Other processes share this machine's cores: oversubscribed OpenMP threads crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _unet() -> torch.nn.Module:
-    """The tiny UNet with non-zero last temporal convs (diffusers zero-inits them to identity)."""
-    unet = tiny_unet(seed=0)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, param in unet.named_parameters():
-            if ".temp_convs." in name and ".conv4." in name:
-                param.copy_(0.2 * torch.randn(param.shape, generator=gen))
-    return unet
-
-
 def _inputs(num_frames: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(100 * num_frames + batch)
     return torch.randn(batch, 4, num_frames, 16, 16, generator=gen), torch.randn(batch, 5, 16, generator=gen)
@@ -58,7 +38,7 @@ def _inputs(num_frames: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _single_device(num_frames: int, batch: int) -> torch.Tensor:
     sample, context = _inputs(num_frames, batch)
     with torch.no_grad():
-        return _unet()(sample, T, context).sample
+        return tiny_unet(seed=0)(sample, T, context).sample
 
 
 def _try_apply(unet, comm, frames, num_frames, config) -> str:
@@ -70,7 +50,7 @@ def _try_apply(unet, comm, frames, num_frames, config) -> str:
 
 
 def _exact_worker(rank: int, world_size: int, cases: list[tuple[int, int]]) -> dict:
-    unet = _unet()
+    unet = tiny_unet(seed=0)
     comm = AxisComm(dist.group.WORLD, "clip", CommStats())
     runs = []
     for num_frames, batch in cases:
@@ -189,7 +169,7 @@ def test_running_clips_independently_does_not_equal_the_whole_video():
     """The oracle is sensitive: without the halos and gathers the clips' outputs are far off."""
     sample, context = _inputs(18, 2)
     expected = _single_device(18, 2)
-    unet = _unet()
+    unet = tiny_unet(seed=0)
     with torch.no_grad():
         parts = [unet(sample[:, :, c.start : c.stop], T, context).sample for c in split_frames(18, 4)]
     assert (torch.cat(parts, dim=2) - expected).abs().max().item() > 1e-2
@@ -197,7 +177,7 @@ def test_running_clips_independently_does_not_equal_the_whole_video():
 
 def test_single_worker_without_a_process_group_equals_single_device():
     sample, context = _inputs(9, 2)
-    unet = _unet()
+    unet = tiny_unet(seed=0)
     handle = apply_clip_parallel(unet, AxisComm(None, "clip"), range(0, 9), 9, EXACT)
     with torch.no_grad():
         out = unet(sample, T, context).sample
@@ -235,7 +215,7 @@ def test_removing_clip_parallel_restores_bit_identical_output(results):
 
 
 def test_remove_puts_back_the_original_processors_and_forwards():
-    unet = _unet()
+    unet = tiny_unet(seed=0)
     processors = dict(unet.attn_processors)
     handle = apply_clip_parallel(unet, AxisComm(None, "clip"), range(0, 8), 8, EXACT)
     temporal = [k for k in processors if "temp_attentions" in k or k.startswith("transformer_in")]
@@ -264,7 +244,7 @@ def test_clips_that_do_not_tile_the_video_are_config_errors_on_every_rank(result
 
 
 def test_collective_count_follows_the_module_structure():
-    unet = _unet()
+    unet = tiny_unet(seed=0)
     assert collectives_per_forward(unet, EXACT) == {"conv_halo": 8, "groupnorm": 37, "attn_kv": 10}
     local = ClipParallelConfig(mode="dual_scope", groupnorm="local")
     assert collectives_per_forward(unet, local) == {"conv_halo": 8, "attn_halo": 10, "attn_global": 10}
@@ -281,7 +261,7 @@ def _layer_sizes(num_frames: int, batch: int) -> dict[str, list[int]]:
     ``attn``: one frame of a temporal attention's keys, ``B*H*W`` rows times the inner width;
     ``groups``: the group count of every temporal GroupNorm.
     """
-    unet = _unet()
+    unet = tiny_unet(seed=0)
     sizes: dict[str, list[int]] = {"conv": [], "attn": [], "groups": []}
     hooks = []
     for name, module in unet.named_modules():
@@ -310,7 +290,7 @@ def test_exact_mode_records_the_calls_and_bytes_the_shapes_imply(results):
     num_frames, batch = CASES[world][case]
     longest = max(len(c) for c in split_frames(num_frames, world))
     sizes = _layer_sizes(num_frames, batch)
-    expected_calls = collectives_per_forward(_unet(), EXACT)
+    expected_calls = collectives_per_forward(tiny_unet(seed=0), EXACT)
     assert len(sizes["groups"]) == expected_calls["groupnorm"]
     for rank, r in enumerate(results[world]):
         stats = r["runs"][case]["stats"]

@@ -34,26 +34,6 @@ TOL = 1e-4
 EARLY, LATE = 900, 500  # either side of the default switch at t = 800
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Other processes share this machine's cores: oversubscribed OpenMP threads crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _unet() -> torch.nn.Module:
-    """The tiny UNet with non-zero last temporal convs (diffusers zero-inits them to identity)."""
-    unet = tiny_unet(seed=0)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, param in unet.named_parameters():
-            if ".temp_convs." in name and ".conv4." in name:
-                param.copy_(0.2 * torch.randn(param.shape, generator=gen))
-    return unet
-
-
 def _inputs(num_frames: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(100 * num_frames + batch)
     return torch.randn(batch, 4, num_frames, 16, 16, generator=gen), torch.randn(batch, 5, 16, generator=gen)
@@ -62,7 +42,7 @@ def _inputs(num_frames: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
 @functools.cache
 def _reference(num_frames: int, batch: int, config: ClipParallelConfig, world: int, t: int) -> torch.Tensor:
     sample, context = _inputs(num_frames, batch)
-    unet = _unet()
+    unet = tiny_unet(seed=0)
     clips = split_frames(num_frames, world) if config.groupnorm == "local" else None
     handle = apply_dual_scope_reference(unet, config.dual_scope, clips)
     with torch.no_grad():
@@ -121,7 +101,7 @@ def test_config_rejects_empty_scopes():
 def test_reference_attention_equals_a_per_query_softmax_over_the_two_scopes():
     """The oracle's oracle: one temporal attention against an explicit loop over queries."""
     config = DualScopeConfig(local_radius=3, global_frames=4, scope_bias=2.0)
-    unet = _unet()
+    unet = tiny_unet(seed=0)
     name = "down_blocks.0.temp_attentions.0.transformer_blocks.0.attn1"
     attn = unet.get_submodule(name)
     seen = {}
@@ -152,7 +132,7 @@ def test_dual_scope_differs_from_full_attention_and_between_phases():
     config = ClipParallelConfig(mode="dual_scope", dual_scope=DualScopeConfig(local_radius=2, global_frames=3))
     sample, context = _inputs(12, 1)
     with torch.no_grad():
-        full = _unet()(sample, LATE, context).sample
+        full = tiny_unet(seed=0)(sample, LATE, context).sample
     early, late = _reference(12, 1, config, 1, EARLY), _reference(12, 1, config, 1, LATE)
     assert (late - full).abs().max().item() > 1e-2
     assert (early - late).abs().max().item() > 1e-2
@@ -167,7 +147,7 @@ def test_reference_with_one_clip_has_the_same_local_and_whole_video_statistics()
 
 def test_timestep_is_read_from_the_unet_call_and_must_be_shared_by_the_batch():
     config = ClipParallelConfig(mode="dual_scope", dual_scope=DualScopeConfig(local_radius=4, global_frames=4))
-    unet = _unet()
+    unet = tiny_unet(seed=0)
     handle = apply_clip_parallel(unet, AxisComm(None, "clip"), range(0, 8), 8, config)
     sample, context = _inputs(8, 2)
     with torch.no_grad():
@@ -183,7 +163,7 @@ def test_timestep_is_read_from_the_unet_call_and_must_be_shared_by_the_batch():
 def test_single_worker_dual_scope_equals_the_reference():
     config = ClipParallelConfig(mode="dual_scope", dual_scope=DualScopeConfig(local_radius=3, global_frames=4))
     sample, context = _inputs(10, 2)
-    unet = _unet()
+    unet = tiny_unet(seed=0)
     handle = apply_clip_parallel(unet, AxisComm(None, "clip"), range(0, 10), 10, config)
     with torch.no_grad():
         out = unet(sample, EARLY, context).sample
@@ -211,7 +191,7 @@ CASES = {
 
 
 def _dual_worker(rank: int, world_size: int, cases: list) -> list[dict]:
-    unet = _unet()
+    unet = tiny_unet(seed=0)
     comm = AxisComm(dist.group.WORLD, "clip", CommStats())
     runs = []
     for num_frames, batch, config in cases:
@@ -249,7 +229,7 @@ def test_dual_scope_mode_equals_the_single_process_reference(results, world, cas
 @pytest.mark.slow
 def test_dual_scope_mode_records_two_collectives_per_attention_and_the_expected_bytes(results):
     world, (num_frames, batch, config) = 3, CASES[3][1]
-    unet = _unet()
+    unet = tiny_unet(seed=0)
     clips = split_frames(num_frames, world)
     glob = global_frame_indices(num_frames, config.dual_scope.global_frames)
     most_global = max(sum(1 for g in glob if g in c) for c in clips)

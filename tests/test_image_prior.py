@@ -37,15 +37,6 @@ from videogen.sampling import Denoiser, StepContext, make_scheduler, run_steps
 SHAPE = (1, 4, 5, 6, 6)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP spinning on a shared two-core machine (50x slower there)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _ddim(**overrides) -> DDIMScheduler:
     return DDIMScheduler.from_config(tiny_scheduler().config, **overrides)
 

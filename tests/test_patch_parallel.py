@@ -41,26 +41,6 @@ T = 500
 SYNC = PatchParallelConfig(mode="sync", groupnorm="exact")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Other processes share this machine's cores: oversubscribed OpenMP threads crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _unet() -> torch.nn.Module:
-    """The tiny UNet with non-zero last temporal convs (diffusers zero-inits them to identity)."""
-    unet = tiny_unet(seed=0)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, param in unet.named_parameters():
-            if ".temp_convs." in name and ".conv4." in name:
-                param.copy_(0.2 * torch.randn(param.shape, generator=gen))
-    return unet
-
-
 def _inputs(hw: tuple[int, int], batch: int = 2, frames: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(hw[0] * 100 + hw[1])
     return torch.randn(batch, 4, frames, *hw, generator=gen), torch.randn(batch, 5, 16, generator=gen)
@@ -70,7 +50,7 @@ def _inputs(hw: tuple[int, int], batch: int = 2, frames: int = 3) -> tuple[torch
 def _single_device(hw: tuple[int, int]) -> torch.Tensor:
     sample, context = _inputs(hw)
     with torch.no_grad():
-        return _unet()(sample, T, context).sample
+        return tiny_unet(seed=0)(sample, T, context).sample
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,7 +116,7 @@ def _unet_worker(rank: int, world_size: int, cases: list) -> dict:
     comm = AxisComm(dist.group.WORLD, "patch", CommStats())
     runs = {}
     for name, hw, config, calls in cases:
-        unet = _unet()
+        unet = tiny_unet(seed=0)
         sample, context = _inputs(hw)
         split = split_rows(hw, world_size, 2, config.split)
         with torch.no_grad():
@@ -162,7 +142,7 @@ def _unet_worker(rank: int, world_size: int, cases: list) -> dict:
             runs[f"block_{portion}"] = _block_run(rank, comm, portion)
     errors = {}
     if world_size == 2:
-        unet, split = _unet(), split_rows((16, 8), 2, 2)
+        unet, split = tiny_unet(seed=0), split_rows((16, 8), 2, 2)
         other = SYNC if rank == 0 else PatchParallelConfig(portion=0.5)
         errors["config"] = _try_apply(unet, comm, split, other)
         errors["parts"] = _try_apply(unet, comm, split_rows((16, 8), 4, 2), SYNC)
@@ -273,7 +253,7 @@ def test_removing_patch_parallel_restores_bit_identical_output(unet_results):
 
 
 def test_remove_puts_back_the_original_processors_and_forwards():
-    unet = _unet()
+    unet = tiny_unet(seed=0)
     processors = dict(unet.attn_processors)
     handle = apply_patch_parallel(unet, AxisComm(None, "patch"), split_rows((16, 8), 1, 2), SYNC)
     spatial = {f"{path}.processor" for path, _ in handle.modules.attentions}
@@ -288,8 +268,26 @@ def test_remove_puts_back_the_original_processors_and_forwards():
     assert all("forward" not in vars(module) for module in unet.modules())
 
 
+def test_calls_are_counted_and_reset_restarts_the_warm_up():
+    unet = tiny_unet(seed=0)
+    config = PatchParallelConfig(warmup_steps=2)
+    handle = apply_patch_parallel(unet, AxisComm(None, "patch"), split_rows((16, 8), 1, 2), config)
+    sample, context = _inputs((16, 8))
+    seen = []
+    with torch.no_grad():
+        for _ in range(3):
+            out = unet(sample, T, context).sample
+            seen.append((handle.calls, handle.synchronous))
+        handle.reset()
+        unet(sample, T, context)
+        seen.append((handle.calls, handle.synchronous))
+    handle.remove()
+    assert seen == [(1, True), (2, True), (3, False), (1, True)]
+    assert (out - _single_device((16, 8))).abs().max().item() <= TOL  # one worker: nothing is stale
+
+
 def test_temporal_attention_is_never_wrapped():
-    modules = find_spatial_modules(_unet())
+    modules = find_spatial_modules(tiny_unet(seed=0))
     paths = [p for p, _ in modules.attentions]
     assert len(paths) == 4 and not any("temp_attentions" in p or p.startswith("transformer_in") for p in paths)
     assert all(not attn.is_cross_attention for _, attn in modules.attentions)
@@ -312,7 +310,7 @@ def test_mismatched_configs_and_splits_are_config_errors_on_every_rank(unet_resu
 
 def _layer_shapes(hw: tuple[int, int]) -> dict[str, list]:
     """Input shapes of every 3x3 conv (with its stride), GroupNorm (with groups) and spatial self-attention."""
-    unet = _unet()
+    unet = tiny_unet(seed=0)
     shapes: dict[str, list] = {"conv": [], "norm": [], "attn": []}
     hooks = []
     for _, module in unet.named_modules():

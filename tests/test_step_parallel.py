@@ -44,15 +44,6 @@ SAMPLERS = ("ddim", "euler", "dpmpp", "unipc")
 SHAPE = (1, 4, 4, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Workers run one thread; the oracles must use the same kernels to match bit for bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class TimeOnlyUNet(torch.nn.Module):
     """A UNet stand-in whose output depends on the timestep and the text, never on the latents."""
 

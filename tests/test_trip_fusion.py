@@ -23,15 +23,6 @@ from videogen.sampling import Denoiser, make_scheduler, run_steps
 from videogen.train.trip import TrainConfig, clip_stream, encode_clips, main, new_fusion, train, trip_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP spinning on a shared two-core machine (50x slower there)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _trained_like(seed: int = 0, **config) -> TemporalNoiseFusion:
     """A module with every weight random (as after training), so no path is an identity."""
     torch.manual_seed(seed)
