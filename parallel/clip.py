@@ -46,7 +46,7 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.resnet import TemporalConvLayer
 from torch import nn
 
-from parallel.comm import AxisComm
+from parallel.comm import AxisComm, combine_stats
 from parallel.dual_scope import (
     DualScopeConfig,
     TemporalModules,
@@ -194,8 +194,10 @@ class _ClipState:
         num_frames: int,
         config: ClipParallelConfig,
         recorder: TimestepRecorder,
+        band_comm: AxisComm | None = None,
     ):
         self.comm = comm
+        self.band_comm = band_comm
         self.clips = clips
         self.frames = clips[comm.rank]
         self.num_frames = num_frames
@@ -238,18 +240,15 @@ class _ClipState:
     def group_norm(self, norm: nn.GroupNorm, x: torch.Tensor, own: slice) -> torch.Tensor:
         """GroupNorm of ``x`` ``[B, C, frames, ...]``, statistics over this clip's frames ``own``.
 
-        With exact statistics the clips' ``(count, mean, M2)`` are gathered and combined:
-        ``mean = sum n_r m_r / N`` and ``M2 = sum M2_r + sum n_r (m_r - mean)^2`` (Chan et al.).
+        With exact statistics the clips' ``(count, mean, M2)`` are combined with
+        :func:`parallel.comm.combine_stats`. When this clip holds only a band of every frame's rows
+        (patch parallelism), the bands' statistics are combined over ``band_comm`` first.
         """
         mean, var, count = group_stats(norm, x, own)
+        if self.band_comm is not None:
+            mean, var, count = combine_stats(self.band_comm, mean, var, count, "groupnorm_temporal")
         if self.config.exact_groupnorm and self.comm.size > 1:
-            n = torch.full_like(mean, count, dtype=torch.float64)
-            stats = torch.stack([n, mean.double(), var.double() * n])
-            counts, means, m2 = torch.stack(self.comm.all_gather(stats, "groupnorm")).unbind(1)
-            total = counts.sum(0)
-            mean64 = (counts * means).sum(0) / total
-            var = ((m2 + counts * (means - mean64) ** 2).sum(0) / total).float()
-            mean = mean64.float()
+            mean, var, count = combine_stats(self.comm, mean, var, count, "groupnorm")
         return apply_group_norm(norm, x, mean, var)
 
 
@@ -386,10 +385,16 @@ def _processor_already_installed(modules: TemporalModules) -> bool:
 
 
 def apply_clip_parallel(
-    unet: nn.Module, comm: AxisComm, frames: range, num_frames: int, config: ClipParallelConfig
+    unet: nn.Module,
+    comm: AxisComm,
+    frames: range,
+    num_frames: int,
+    config: ClipParallelConfig,
+    band_comm: AxisComm | None = None,
 ) -> ClipParallelHandle:
     """Install clip parallelism on ``unet``: this worker owns frames ``frames`` of ``num_frames``.
 
+    ``band_comm``: the patch axis when this worker holds only a band of each frame's rows.
     Every rank of ``comm`` must call this (it makes one small collective to check that the clips
     tile the video in rank order and that all ranks share ``config``; a mismatch raises
     :class:`ConfigError` on every rank). Afterwards call the UNet with this worker's frames only.
@@ -401,7 +406,7 @@ def apply_clip_parallel(
         _check_conv_layer(path, layer)
     clips = _agree_on_clips(comm, frames, num_frames, config)
     recorder = TimestepRecorder()
-    state = _ClipState(comm, clips, num_frames, config, recorder)
+    state = _ClipState(comm, clips, num_frames, config, recorder, band_comm)
     undo: list[Callable[[], None]] = []
     processor = ClipAttnProcessor(state)
     for _, attn in modules.attentions():

@@ -183,3 +183,22 @@ class AxisComm:
             request.wait()
         self.stats.record(self.axis, kind, sent, received)
         return left, right
+
+
+def combine_stats(
+    comm: AxisComm, mean: torch.Tensor, var: torch.Tensor, count: int | torch.Tensor, kind: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-(batch, group) ``(mean, var, count)`` of the union of every rank's elements (Chan et al.).
+
+    One all-gather of ``(n, mean, M2 = n var)`` in float64; ``m = sum n_r m_r / N`` and
+    ``var = (sum M2_r + sum n_r (m_r - m)^2) / N``. Returns float32 mean and variance.
+    """
+    n = torch.full_like(mean, float(count), dtype=torch.float64) if not torch.is_tensor(count) else count
+    if comm.size == 1:
+        return mean, var, n
+    stats = torch.stack([n, mean.double(), var.double() * n])
+    counts, means, m2 = torch.stack(comm.all_gather(stats, kind)).unbind(1)
+    total = counts.sum(0)
+    mean64 = (counts * means).sum(0) / total
+    var64 = (m2 + counts * (means - mean64) ** 2).sum(0) / total
+    return mean64.float(), var64.float(), total

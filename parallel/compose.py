@@ -11,7 +11,7 @@ communicator (its own process group and accounting):
 On the UNet, patch parallelism is installed before clip parallelism, which then owns the
 temporal GroupNorms; their statistics must cover the frames of all clips *and* the rows of all
 patches, so with both axes the clip statistics are first combined over the patch axis
-(:func:`compose_clip_statistics`). The denoiser is wrapped innermost-first: cfg, then patch.
+(``band_comm`` of :func:`parallel.clip.apply_clip_parallel`). The denoiser is wrapped innermost-first: cfg, then patch.
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ import torch.distributed as dist
 from torch import nn
 
 from parallel.cfg import CfgParallelDenoiser
-from parallel.clip import ClipParallelConfig, ClipParallelHandle, apply_clip_parallel, min_clip_frames, split_frames
+from parallel.clip import ClipParallelConfig, apply_clip_parallel, min_clip_frames, split_frames
 from parallel.comm import AxisComm, CommStats
-from parallel.dual_scope import apply_group_norm, group_stats
 from parallel.mesh import ParallelPlan, build_mesh
 from parallel.patch import PatchDenoiser, PatchParallelConfig, PatchSplit, apply_patch_parallel, split_rows
 from parallel.step import StepParallelConfig, make_step_loop
@@ -38,8 +37,6 @@ from videogen.sampling import Denoiser, StepContext, StepHook, run_steps
 __all__ = [
     "MeshWorker",
     "StepTraffic",
-    "combine_stats",
-    "compose_clip_statistics",
     "denoise_mesh",
     "mesh_slot",
     "mesh_latents_worker",
@@ -57,53 +54,6 @@ def wrapping_loop(wrap: Callable[[Denoiser], DenoiseFn], loop: Callable[..., tor
         return loop(wrap(denoiser), *args, **kwargs)
 
     return run
-
-
-def combine_stats(
-    comm: AxisComm, mean: torch.Tensor, var: torch.Tensor, count: int | torch.Tensor, kind: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-(batch, group) ``(mean, var, count)`` of the union of every rank's elements (Chan et al.).
-
-    One all-gather of ``(n, mean, M2 = n var)`` in float64; ``m = sum n_r m_r / N`` and
-    ``var = (sum M2_r + sum n_r (m_r - m)^2) / N``. Returns float32 mean and variance.
-    """
-    n = torch.full_like(mean, float(count), dtype=torch.float64) if not torch.is_tensor(count) else count
-    if comm.size == 1:
-        return mean, var, n
-    stats = torch.stack([n, mean.double(), var.double() * n])
-    counts, means, m2 = torch.stack(comm.all_gather(stats, kind)).unbind(1)
-    total = counts.sum(0)
-    mean64 = (counts * means).sum(0) / total
-    var64 = (m2 + counts * (means - mean64) ** 2).sum(0) / total
-    return mean64.float(), var64.float(), total
-
-
-def compose_clip_statistics(clip: ClipParallelHandle, patch_comm: AxisComm) -> Callable[[], None]:
-    """Make the clip axis's temporal GroupNorms take statistics over all patch bands too.
-
-    Clip parallelism normalises temporal layers with statistics of its own frames (``local``)
-    or of all clips (``exact``); under patch parallelism each clip holds only a band of rows, so
-    the band statistics are first combined over ``patch_comm`` (``kind="groupnorm_temporal"``),
-    then over the clip axis as clip parallelism does. Returns the function that undoes it.
-
-    This sets the clip installation's statistics function on its private state: it stands in for
-    a ``stats_comm`` argument of :func:`parallel.clip.apply_clip_parallel`.
-    """
-    state = clip._state
-
-    def group_norm(norm: nn.GroupNorm, x: torch.Tensor, own: slice) -> torch.Tensor:
-        mean, var, count = group_stats(norm, x, own)
-        mean, var, count = combine_stats(patch_comm, mean, var, count, "groupnorm_temporal")
-        if state.config.exact_groupnorm:
-            mean, var, count = combine_stats(state.comm, mean, var, count, "groupnorm")
-        return apply_group_norm(norm, x, mean, var)
-
-    state.group_norm = group_norm
-
-    def undo() -> None:
-        del state.group_norm
-
-    return undo
 
 
 class StepTraffic(StepHook):
@@ -184,10 +134,11 @@ def mesh_slot(
         if comms["patch"].size > 1:
             undo.append(apply_patch_parallel(unet, comms["patch"], worker.split, patch).remove)
         if comms["clip"].size > 1:
-            handle = apply_clip_parallel(unet, comms["clip"], worker.frames, job.video.num_frames, clip)
+            band_comm = comms["patch"] if comms["patch"].size > 1 else None
+            handle = apply_clip_parallel(
+                unet, comms["clip"], worker.frames, job.video.num_frames, clip, band_comm=band_comm
+            )
             undo.append(handle.remove)
-            if comms["patch"].size > 1:
-                undo.append(compose_clip_statistics(handle, comms["patch"]))
 
         def remove() -> None:
             while undo:
