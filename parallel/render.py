@@ -23,6 +23,7 @@ from parallel.compose import MeshWorker, mesh_slot, setup_mesh_worker
 from parallel.dual_scope import DualScopeConfig
 from parallel.mesh import ParallelPlan
 from parallel.patch import PatchParallelConfig
+from parallel.patch_vae import decode_method, frame_share
 from parallel.step import StepParallelConfig
 from videogen.checkpoint import checkpoint_dir, checkpoint_steps
 from videogen.config import JobConfig
@@ -83,33 +84,52 @@ def agree_resume_step(comm: AxisComm, job: JobConfig, frames: range) -> int:
     return shared[-1]
 
 
-def _write_segment(job: JobConfig, bundle, latents: torch.Tensor, rank: int) -> None:
-    """This worker's frames as ``seg_<rank>.mp4`` (or a ``seg_<rank>`` PNG folder)."""
+def decode_share(worker: MeshWorker, job: JobConfig) -> range | None:
+    """The global frames this worker decodes and writes as a segment, or None.
+
+    Per clip, the cfg- and step-rank-0 workers decode; with patch parallelism and
+    ``patch_options.decode`` resolving to ``frames``, its patch workers split the clip's frames
+    (frame-parallel decoding, no communication), otherwise patch rank 0 decodes them all.
+    """
+    if worker.comms["cfg"].rank or worker.comms["step"].rank:
+        return None
+    patch = worker.comms["patch"]
+    if patch.size > 1 and decode_method(patch_config(job), len(worker.frames), patch.size) == "frames":
+        return frame_share(worker.frames, patch.size, patch.rank)
+    return worker.frames if patch.rank == 0 else None
+
+
+def _write_segment(job: JobConfig, bundle, latents: torch.Tensor, clip: range, share: range) -> None:
+    """Frames ``share`` (global indices, within ``clip``) as ``seg_<first frame>.mp4`` or a PNG folder."""
     directory = segments_dir(job)
     directory.mkdir(parents=True, exist_ok=True)
     suffix = ".mp4" if Path(job.output.path).suffix else ""
-    decode_to(job, bundle, latents, directory / f"seg_{rank:05d}{suffix}")
+    part = latents[:, :, share.start - clip.start : share.stop - clip.start]
+    decode_to(job, bundle, part, directory / f"seg_{share.start:06d}{suffix}")
 
 
-def _join_png_segments(directory: Path, clips: list[range], target: Path) -> int:
+def _join_png_segments(segments: list[Path], target: Path) -> int:
     partial = partial_path(target)
     discard(partial)
     partial.mkdir(parents=True)
-    for rank, frames in enumerate(clips):
-        for local, name in enumerate(sorted((directory / f"seg_{rank:05d}").iterdir())):
-            name.rename(partial / f"frame_{frames.start + local:06d}.png")
+    written = 0
+    for segment in segments:
+        for name in sorted(segment.iterdir()):
+            name.rename(partial / f"frame_{written:06d}.png")
+            written += 1
     commit(partial, target)
-    return sum(len(c) for c in clips)
+    return written
 
 
-def join_segments(job: JobConfig, clips: list[range]) -> int:
-    """Rank 0: join every worker's segment into the final output (atomically)."""
+def join_segments(job: JobConfig) -> int:
+    """Rank 0: join the segments, in frame order, into the final output (atomically)."""
     directory = segments_dir(job)
     target = Path(job.output.path)
+    segments = sorted(directory.glob("seg_*"))
     if target.suffix:
-        frames = concat_segments([directory / f"seg_{r:05d}.mp4" for r in range(len(clips))], target)
+        frames = concat_segments(segments, target)
     else:
-        frames = _join_png_segments(directory, clips, target)
+        frames = _join_png_segments(segments, target)
     shutil.rmtree(directory, ignore_errors=True)
     return frames
 
@@ -125,7 +145,7 @@ def step_config(job: JobConfig) -> StepParallelConfig:
 
 
 def is_writer(worker: MeshWorker) -> bool:
-    """One worker per clip decodes, writes and checkpoints: patch, cfg and step rank 0."""
+    """One worker per clip checkpoints: patch, cfg and step rank 0."""
     return all(worker.comms[axis].rank == 0 for axis in ("patch", "cfg", "step"))
 
 
@@ -170,8 +190,9 @@ def render_worker(rank: int, world_size: int, job: JobConfig, resume: bool, prog
     latents, evaluations, resumed = denoise(
         job, worker.bundle, job.noise.seed, slot, resume_from=start, progress=progress and rank == 0
     )
-    if is_writer(worker):
-        _write_segment(job, worker.bundle, latents, worker.comms["clip"].rank)
+    share = decode_share(worker, job)
+    if share is not None:
+        _write_segment(job, worker.bundle, latents, worker.frames, share)
     traffic = {
         f"{axis}.{kind}": asdict(t)
         for axis in ("clip", "patch", "cfg", "step")
@@ -183,7 +204,7 @@ def render_worker(rank: int, world_size: int, job: JobConfig, resume: bool, prog
         rank, (frames.start, frames.stop), evaluations, 0.0, str(worker.bundle.device), resumed, traffic
     )
     if rank == 0:
-        written = join_segments(job, clips)
+        written = join_segments(job)
         report.output = job.output.path
         write_job_record(
             job,
