@@ -20,7 +20,7 @@ from videogen.sampling import Denoiser
 
 __all__ = ["BRANCHES", "CfgParallelDenoiser"]
 
-BRANCHES = ("uncond", "cond")
+BRANCHES = Denoiser.BRANCHES
 
 
 class CfgParallelDenoiser:
@@ -48,25 +48,7 @@ class CfgParallelDenoiser:
     def evaluations(self) -> int:
         return self.denoiser.evaluations
 
-    def _context(self, num_frames: int) -> torch.Tensor:
-        """This branch's ``(1, L, D)`` text context; per-frame embeddings go to the frame context."""
-        text = self.denoiser.text
-        own = text.uncond if self.comm.rank == 0 else text.cond
-        if not text.per_frame:
-            return own
-        if text.cond.shape[0] != num_frames:
-            raise ValueError(f"text context has {text.cond.shape[0]} frames, latents have {num_frames}")
-        per_frame = own.expand(num_frames, -1, -1).contiguous() if self.comm.rank == 0 else own
-        self.denoiser.frame_context.embeds = per_frame
-        return per_frame[:1]
-
-    @torch.no_grad()
     def __call__(self, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        d = self.denoiser
-        for callback in d.before_call:
-            callback(timestep)
-        context = self._context(latents.shape[2]).to(dtype=d.dtype)
-        output = d.unet(latents.to(d.dtype), timestep, encoder_hidden_states=context).sample
-        d.evaluations += 1
-        uncond, cond = self.comm.all_gather(output.to(latents.dtype), "output")
-        return uncond + d.guidance_scale * (cond - uncond)
+        output = self.denoiser.branch(latents, timestep, self.branch)
+        uncond, cond = self.comm.all_gather(output, "output")
+        return self.denoiser.guide(uncond, cond)

@@ -141,7 +141,8 @@ def patch_config(job: JobConfig) -> PatchParallelConfig:
 
 
 def step_config(job: JobConfig) -> StepParallelConfig:
-    return StepParallelConfig(warmup=job.parallel.step_warmup, reuse=job.parallel.step_reuse)
+    par = job.parallel
+    return StepParallelConfig(warmup=par.step_warmup, reuse=par.step_reuse, warmup_split=par.step_warmup_split)
 
 
 def is_writer(worker: MeshWorker) -> bool:

@@ -1,9 +1,11 @@
 """Step-parallelism benchmark (issue 5): ParaStep speedup, evaluations, traffic and error.
 
 1. Wall time of the sampling call (model loading excluded): the sequential sampler on 1 worker vs
-   2 step workers, 1 thread each, default ParaStep settings, best of ``repeats``, on a UNet3D wide
-   enough that compute dominates (its parameter count is printed), next to the ideal loop speedup
-   ``T / (W + ceil((T - W) / N))``.
+   2 step workers, 1 thread each, default ParaStep settings (the warm-up's guidance branches split
+   over the two workers) and the released code's unsplit warm-up, best of ``repeats``, on a UNet3D
+   wide enough that compute dominates (its parameter count is printed), next to the ideal loop
+   speedup ``T / (W + ceil((T - W) / N))``, or ``T / (W / 2 + ceil((T - W) / N))`` split (a
+   one-branch call counted as half a guided call).
 2. For N = 2, 3, 4 step workers (gloo processes): model evaluations and step-axis bytes per worker,
    counted by ``parallel.comm``; whether all workers end equal and equal the single-process
    :class:`parallel.step.SerialReferenceLoop` bit for bit.
@@ -22,6 +24,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -64,8 +67,8 @@ def make_job(model_dir: str, frames: int, steps: int, sampler: str = "ddim"):
     return load_job(None, overrides).config
 
 
-def ideal_speedup(steps: int, warmup: int, n: int) -> float:
-    return steps / (warmup + math.ceil((steps - warmup) / n))
+def ideal_speedup(steps: int, warmup: int, n: int, split: bool = False) -> float:
+    return steps / ((warmup / 2 if split and n > 1 else warmup) + math.ceil((steps - warmup) / n))
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -116,16 +119,20 @@ class Renders:
 def timed(model_dir: str, frames: int, steps: int, config, repeats: int) -> dict:
     """Best-of-``repeats`` sampling times, interleaved: the sequential sampler on 1 worker, two
     independent sequential renders at once (a probe of how much of 2 cores this machine gives us
-    right now), and 2 step workers."""
+    right now), 2 step workers, and 2 step workers with the unsplit warm-up."""
+    from dataclasses import replace
+
     from parallel.launch import run_local
     from parallel.step import step_latents_worker
 
     job = make_job(model_dir, frames, steps)
-    runs: dict[str, list[list[dict]]] = {"sequential": [], "probe": [], "parallel": []}
+    unsplit = replace(config, warmup_split=False)
+    runs: dict[str, list[list[dict]]] = {"sequential": [], "probe": [], "parallel": [], "unsplit": []}
     for _ in range(repeats):
         runs["sequential"].append(run_local(sequential_worker, 1, job, num_threads=1))
         runs["probe"].append(run_local(sequential_worker, 2, job, num_threads=1))
         runs["parallel"].append(run_local(step_latents_worker, 2, job, 2, config, num_threads=1))
+        runs["unsplit"].append(run_local(step_latents_worker, 2, job, 2, unsplit, num_threads=1))
     return {name: min(rs, key=_wall) for name, rs in runs.items()} | {"all": runs}
 
 
@@ -150,14 +157,15 @@ def measure(model_dir: str, frames: int, steps: int, repeats: int, samplers, war
         distributed[n] = run_local(step_latents_worker, n, job, n, default, num_threads=1)
     renders = Renders(model_dir, frames, steps)
     errors = {
-        (n, rule): renders.error("ddim", n, StepParallelConfig(default.warmup, rule))
+        (n, rule): renders.error("ddim", n, StepParallelConfig(default.warmup, rule, default.warmup_split))
         for n in (2, 3, 4)
         for rule in RULES
     }
     extra = [{"sampler": s, "warmup": default.warmup, **_err(renders.error(s, 2, default))} for s in samplers]
     for w in warmups:
-        e = renders.error("ddim", 2, StepParallelConfig(w, default.reuse))
-        extra.append({"sampler": "ddim", "warmup": w, **_err(e), "ideal_speedup": ideal_speedup(steps, w, 2)})
+        e = renders.error("ddim", 2, StepParallelConfig(w, default.reuse, default.warmup_split))
+        ideal = ideal_speedup(steps, w, 2, split=default.warmup_split)
+        extra.append({"sampler": "ddim", "warmup": w, **_err(e), "ideal_speedup": ideal})
     return {"default": default, "timing": timing, "distributed": distributed, "errors": errors, "extra": extra}
 
 
@@ -174,8 +182,14 @@ def speed_rows(m: dict, steps: int) -> list[dict]:
         ("sequential", seq, 1, 1.0),
         ("probe: 2 sequential at once", timing["probe"], 2, 2.0),
         (
-            f"ParaStep W={default.warmup} {default.reuse}",
+            f"ParaStep W={default.warmup} {default.reuse}, split warm-up",
             timing["parallel"],
+            1,
+            ideal_speedup(steps, default.warmup, 2, split=True),
+        ),
+        (
+            f"ParaStep W={default.warmup} {default.reuse}, unsplit warm-up",
+            timing["unsplit"],
             1,
             ideal_speedup(steps, default.warmup, 2),
         ),
@@ -210,7 +224,7 @@ def traffic_rows(m: dict, steps: int) -> list[dict]:
                     "N": n,
                     "rank": r["step_rank"],
                     "evaluations": r["evaluations"],
-                    "expected": schedule.evaluations(n)[r["step_rank"]],
+                    "expected": schedule.evaluations(n, m["default"].warmup_split)[r["step_rank"]],
                     "gathers": step.get("model_output", {}).get("calls", 0),
                     "MB_sent": sum(t["bytes_sent"] for t in step.values()) / 1e6,
                     "MB_received": sum(t["bytes_received"] for t in step.values()) / 1e6,
@@ -259,6 +273,7 @@ def main() -> None:
     by = {(r["N"], r["reuse"]): r for r in errors}
     targets = {
         "speedup_2_step_workers": target(speed[2]["wall_speedup"], ">= 1.6"),
+        "speedup_2_step_workers_unsplit_warmup": target(speed[3]["wall_speedup"], ">= 1.0"),
         "workers_differing_from_rank0": target(sum(not r["same_every_step"] for r in traffic), "<= 0"),
         "workers_differing_from_serial_reference": target(sum(not r["equals_reference"] for r in traffic), "<= 0"),
         "evaluations_off_schedule": target(sum(r["evaluations"] != r["expected"] for r in traffic), "<= 0"),
@@ -272,7 +287,7 @@ def main() -> None:
         "frames": frames,
         "steps": steps,
         "latent_shape": list(shape),
-        "config": {"warmup": m["default"].warmup, "reuse": m["default"].reuse},
+        "config": asdict(m["default"]),
         "speed": speed,
         "all_wall_s": {name: [_wall(w) for w in runs] for name, runs in m["timing"]["all"].items()},
         "traffic": traffic,

@@ -150,7 +150,8 @@ class ParallelConfig:
     ``threads_per_worker``: torch CPU threads per worker (0 = torch's default).
     ``patch``: workers splitting each frame's latent rows (``patch_options``). ``cfg``: 2 puts
     the two guidance branches on two workers. ``step``: ParaStep workers computing different
-    denoising steps after ``step_warmup`` common ones, reusing outputs by ``step_reuse``.
+    denoising steps after ``step_warmup`` common ones, reusing outputs by ``step_reuse``;
+    ``step_warmup_split`` shares each warm-up step's two guidance branches between two of them.
     The world size is clip x patch x cfg x step.
     """
 
@@ -160,6 +161,7 @@ class ParallelConfig:
     step: int = 1
     step_warmup: int = 3
     step_reuse: Literal["shared", "own"] = "shared"
+    step_warmup_split: bool = True
     patch_options: PatchSection = field(default_factory=PatchSection)
     clip_mode: Literal["exact", "dual_scope"] = "exact"
     groupnorm: Literal["exact", "local"] = "exact"

@@ -92,6 +92,8 @@ class Denoiser:
         if text.per_frame and frame_context is None:
             raise ValueError("a per-frame prompt schedule needs a FrameContext installed on the UNet")
 
+    BRANCHES = ("uncond", "cond")
+
     @property
     def guided(self) -> bool:
         return self.guidance_scale > 1.0
@@ -107,6 +109,37 @@ class Denoiser:
         batches = 2 if self.guided else 1
         return per_frame[::num_frames][:batches]
 
+    def _branch_context(self, branch: str, num_frames: int) -> torch.Tensor:
+        """One branch's ``(1, L, D)`` text context; per-frame embeddings go to the frame context."""
+        if branch not in self.BRANCHES:
+            raise ValueError(f"branch must be one of {self.BRANCHES}, got {branch!r}")
+        own = self.text.uncond if branch == "uncond" else self.text.cond
+        if not self.text.per_frame:
+            return own
+        if self.text.cond.shape[0] != num_frames:
+            raise ValueError(f"text context has {self.text.cond.shape[0]} frames, latents have {num_frames}")
+        per_frame = own.expand(num_frames, -1, -1).contiguous() if branch == "uncond" else own
+        self.frame_context.embeds = per_frame
+        return per_frame[:1]
+
+    def guide(self, uncond: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """``o_u + s (o_c - o_u)``."""
+        return uncond + self.guidance_scale * (cond - uncond)
+
+    @torch.no_grad()
+    def branch(self, latents: torch.Tensor, timestep: torch.Tensor, branch: str) -> torch.Tensor:
+        """The unguided output of one guidance branch (``"uncond"`` or ``"cond"``): one UNet call, batch 1.
+
+        :meth:`guide` of the two branches is the guided output up to rounding (a batch of one and a
+        batch of two round differently, by about 1e-6).
+        """
+        for callback in self.before_call:
+            callback(timestep)
+        context = self._branch_context(branch, latents.shape[2]).to(dtype=self.dtype)
+        output = self.unet(latents.to(self.dtype), timestep, encoder_hidden_states=context).sample
+        self.evaluations += 1
+        return output.to(latents.dtype)
+
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         for callback in self.before_call:
@@ -119,7 +152,7 @@ class Denoiser:
         if not self.guided:
             return output
         uncond, cond = output.chunk(2)
-        return uncond + self.guidance_scale * (cond - uncond)
+        return self.guide(uncond, cond)
 
 
 StepNoise = Callable[[int, torch.Tensor], torch.Tensor]
