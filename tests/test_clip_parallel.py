@@ -247,7 +247,7 @@ def test_collective_count_follows_the_module_structure():
     unet = tiny_unet(seed=0)
     assert collectives_per_forward(unet, EXACT) == {"conv_halo": 8, "groupnorm": 37, "attn_kv": 10}
     local = ClipParallelConfig(mode="dual_scope", groupnorm="local")
-    assert collectives_per_forward(unet, local) == {"conv_halo": 8, "attn_halo": 10, "attn_global": 10}
+    assert collectives_per_forward(unet, local) == {"conv_halo": 8, "attn_scope": 10}
 
 
 def _is_temporal(name: str) -> bool:

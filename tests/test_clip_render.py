@@ -72,7 +72,7 @@ def test_dual_scope_render_equals_the_single_process_dual_scope_reference(make_j
     reference, _, _ = denoise(job, load_bundle(job.model), job.noise.seed, WorkerSlot(install=install), progress=False)
     assert (joined - reference).abs().max().item() <= 1e-4
     assert (joined - _single(job)).abs().max().item() > 1e-3  # and it is not the exact render
-    expected_kinds = {"conv_halo", "attn_halo", "attn_global"} | ({"groupnorm"} if groupnorm == "exact" else set())
+    expected_kinds = {"conv_halo", "attn_scope"} | ({"groupnorm"} if groupnorm == "exact" else set())
     assert set(parts[0]["traffic"]) - {"setup"} == expected_kinds
 
 

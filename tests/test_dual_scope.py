@@ -227,12 +227,12 @@ def test_dual_scope_mode_equals_the_single_process_reference(results, world, cas
 
 
 @pytest.mark.slow
-def test_dual_scope_mode_records_two_collectives_per_attention_and_the_expected_bytes(results):
+def test_dual_scope_mode_makes_one_exchange_per_attention_with_the_expected_bytes(results):
     world, (num_frames, batch, config) = 3, CASES[3][1]
     unet = tiny_unet(seed=0)
     clips = split_frames(num_frames, world)
     glob = global_frame_indices(num_frames, config.dual_scope.global_frames)
-    most_global = max(sum(1 for g in glob if g in c) for c in clips)
+    owned = [sum(1 for g in glob if g in c) for c in clips]
     rows = _temporal_attention_rows(unet, num_frames, batch)
     radius = config.dual_scope.local_radius
     for rank, r in enumerate(results[world]):
@@ -240,10 +240,11 @@ def test_dual_scope_mode_records_two_collectives_per_attention_and_the_expected_
             stats = r[1]["stats"][t]
             assert {kind: s.calls for kind, s in stats.items()} == collectives_per_forward(unet, config)
             sides = (rank > 0) + (rank < world - 1)
-            halo = sum(2 * n * radius * 4 * sides for n in rows)  # K and V, radius frames a side, float32
-            assert stats["attn_halo"] == Traffic(len(rows), halo, halo)
-            glob_bytes = sum(2 * n * most_global * 4 for n in rows)  # padded to the richest clip
-            assert stats["attn_global"] == Traffic(len(rows), glob_bytes, (world - 1) * glob_bytes)
+            others = sum(owned) - owned[rank]
+            # keys and values, float32: radius frames to/from each neighbour, own global frames to every peer
+            sent = sum(2 * n * 4 * (radius * sides + owned[rank] * (world - 1)) for n in rows)
+            received = sum(2 * n * 4 * (radius * sides + others) for n in rows)
+            assert stats["attn_scope"] == Traffic(len(rows), sent, received)
             assert "groupnorm" not in stats
 
 

@@ -19,6 +19,11 @@ def _frames(rank: int) -> torch.Tensor:
     return values.view(1, FRAMES, 1).expand(2, FRAMES, 3).contiguous()
 
 
+def _message(src: int, dst: int) -> torch.Tensor:
+    """What rank ``src`` sends rank ``dst`` in the exchange test: a shape and a value unique to the pair."""
+    return torch.full((src + 1, dst + 2), 10.0 * src + dst)
+
+
 def _comm_worker(rank: int, world_size: int) -> dict:
     stats = CommStats()
     comm = AxisComm(dist.group.WORLD, "clip", stats)
@@ -35,6 +40,10 @@ def _comm_worker(rank: int, world_size: int) -> dict:
         sizes=with_empty,
         kind="attn_global",
     )
+    peers = [p for p in range(world_size) if p != rank]
+    outgoing = {p: _message(rank, p) for p in peers if (rank, p) != (1, 0)}
+    incoming = {p: _message(p, rank).shape for p in peers if (p, rank) != (1, 0)}
+    out["exchange"] = comm.exchange(outgoing, incoming, torch.zeros(()), kind="attn_scope")
     out["reduced"] = comm.all_reduce(torch.tensor([rank + 1.0, 10.0 * rank]), kind="groupnorm")
     out["gathered"] = comm.all_gather(torch.tensor([rank], dtype=torch.int64), kind="setup")
     out["stats"] = stats.snapshot()
@@ -76,6 +85,17 @@ def test_halo_exchange_records_one_call_and_the_bytes_of_each_side(results):
 
 
 @pytest.mark.slow
+def test_exchange_delivers_each_pairs_message_in_one_call(results):
+    for rank, r in enumerate(results):
+        expected = {p: _message(p, rank) for p in range(WORLD) if p != rank and (p, rank) != (1, 0)}
+        assert sorted(r["exchange"]) == sorted(expected)
+        assert all(torch.equal(r["exchange"][p], t) for p, t in expected.items())
+        sent = sum(_message(rank, p).numel() * 4 for p in range(WORLD) if p != rank and (rank, p) != (1, 0))
+        received = sum(t.numel() * 4 for t in expected.values())
+        assert r["stats"]["clip"]["attn_scope"] == Traffic(1, sent, received)
+
+
+@pytest.mark.slow
 def test_uneven_all_gather_concatenates_in_rank_order(results):
     expected = torch.cat([torch.full((2, n), float(rank)) for rank, n in enumerate([1, 2, 3])], dim=1)
     empty = torch.cat([torch.full((n, 4), float(rank), dtype=torch.float64) for rank, n in enumerate([2, 0, 1])])
@@ -108,7 +128,7 @@ def test_totals_add_up_and_reset_clears(results):
     for r in results:
         kinds = r["stats"]["clip"]
         assert r["total"] == sum(kinds.values(), Traffic())
-        assert r["total"].calls == 5
+        assert r["total"].calls == 6
         assert r["after_reset"] == {}
 
 

@@ -2,9 +2,12 @@
 
 1. Speedup of 2 clip workers (1 thread each) over 1 worker (1 thread) on the same render, exact
    and dual-scope, timed inside the workers around the sampling loop (model loading excluded),
-   on a UNet3D wide enough that compute dominates (its parameter count is printed).
+   best of ``repeats`` interleaved runs, on a UNet3D wide enough that compute dominates (its
+   parameter count is printed). A *probe* runs two independent 1-worker renders of half the
+   frames at once: its speedup is what this machine gives two processes with no communication.
 2. Peak extra memory per worker (RSS above the level before sampling) when the video grows with
-   the worker count: 4 workers with 4x the frames vs 1 worker.
+   the worker count: 4 workers with 4x the frames vs 1 worker, with the workers' heap set to
+   follow live memory (:func:`benchlib.heap_follows_live_memory`), median of several runs.
 3. Collective calls and bytes per denoising step, exact vs dual-scope, counted by
    ``parallel.comm`` (rank 0), next to the released Video-Infinity code's 248 collectives/step.
 4. The dual-scope render's PSNR against the exact render, on decoded frames.
@@ -28,14 +31,17 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import PeakRSS, print_table, target, write_json  # noqa: E402
+from benchlib import PeakRSS, heap_follows_live_memory, print_table, target, write_json  # noqa: E402
 
 VIDEO_INFINITY_COLLECTIVES_PER_STEP = 248
 
 
-def bench_worker(rank: int, world_size: int, job) -> dict:
+def bench_worker(rank: int, world_size: int, job, steady_heap: bool = False) -> dict:
     """Inside a worker: set up, then time and measure the sampling loop only."""
     import torch.distributed as dist
+
+    if steady_heap and not heap_follows_live_memory():
+        raise RuntimeError("the memory rows need glibc's mallopt (Linux)")
 
     from parallel.comm import AxisComm
     from parallel.render import setup_worker, worker_slot
@@ -81,10 +87,31 @@ def make_job(model_dir: str, frames: int, steps: int, workers: int, mode: str):
     return load_job(None, overrides).config
 
 
-def run(model_dir: str, frames: int, steps: int, workers: int, mode: str) -> list[dict]:
+def solo_worker(rank: int, world_size: int, job) -> dict:
+    """The probe: an independent 1-worker render in each process, nothing shared."""
+    from videogen.pipeline import WorkerSlot, denoise, prepare_bundle
+
+    bundle = prepare_bundle(job)
+    start = time.perf_counter()
+    denoise(job, bundle, job.noise.seed, WorkerSlot(), progress=False)
+    return {"seconds": time.perf_counter() - start}
+
+
+def run(model_dir: str, frames: int, steps: int, workers: int, mode: str, steady_heap: bool = False) -> list[dict]:
     from parallel.launch import run_local
 
-    return run_local(bench_worker, workers, make_job(model_dir, frames, steps, workers, mode), num_threads=1)
+    job = make_job(model_dir, frames, steps, workers, mode)
+    return run_local(bench_worker, workers, job, steady_heap, num_threads=1)
+
+
+def probe(model_dir: str, frames: int, steps: int, mode: str) -> list[dict]:
+    from parallel.launch import run_local
+
+    return run_local(solo_worker, 2, make_job(model_dir, frames // 2, steps, 1, mode), num_threads=1)
+
+
+def _slowest(workers: list[dict]) -> float:
+    return max(w["seconds"] for w in workers)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -110,16 +137,24 @@ def main() -> None:
     from videogen.models.tiny import TinySpec, tiny_unet, write_tiny_model
 
     if args.quick:
-        spec, frames, steps, mem_frames = TinySpec((32, 64), 8, 32, 8), 32, 2, 16
+        spec, frames, steps, mem_frames, repeats, mem_runs = TinySpec((32, 64), 8, 32, 8), 32, 2, 16, 1, 1
     else:
-        spec, frames, steps, mem_frames = TinySpec((64, 128), 16, 64, 16), 64, 4, 32
+        spec, frames, steps, mem_frames, repeats, mem_runs = TinySpec((128, 256), 16, 64, 16), 64, 2, 32, 3, 3
     params = sum(p.numel() for p in tiny_unet(spec).parameters())
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = str(write_tiny_model(Path(tmp) / "wide", spec=spec))
+        modes = ("exact", "dual_scope")
+        runs: dict[tuple[str, str], list[list[dict]]] = {(m, k): [] for m in modes for k in ("one", "two", "probe")}
+        for _ in range(repeats):  # interleaved, so a slow spell of the machine hits every kind alike
+            for mode in modes:
+                runs[(mode, "one")].append(run(model_dir, frames, steps, 1, mode))
+                runs[(mode, "two")].append(run(model_dir, frames, steps, 2, mode))
+                runs[(mode, "probe")].append(probe(model_dir, frames, steps, mode))
         rows, per_mode = [], {}
-        for mode in ("exact", "dual_scope"):
-            one = run(model_dir, frames, steps, 1, mode)[0]
-            two = run(model_dir, frames, steps, 2, mode)
+        for mode in modes:
+            one = min(runs[(mode, "one")], key=_slowest)[0]
+            two = min(runs[(mode, "two")], key=_slowest)
+            solo = min(runs[(mode, "probe")], key=_slowest)
             joined = torch.cat([w["latents"] for w in two], dim=2)
             per_mode[mode] = {"one": one, "two": two, "latents": joined}
             rows.append(
@@ -128,8 +163,9 @@ def main() -> None:
                     "frames": frames,
                     "steps": steps,
                     "t_1worker_s": one["seconds"],
-                    "t_2workers_s": max(w["seconds"] for w in two),
-                    "speedup": one["seconds"] / max(w["seconds"] for w in two),
+                    "t_2workers_s": _slowest(two),
+                    "speedup": one["seconds"] / _slowest(two),
+                    "probe_speedup": one["seconds"] / _slowest(solo),
                     "calls_per_step": two[0]["calls"] / steps,
                     "MB_sent_per_step": two[0]["bytes_sent"] / steps / 1e6,
                     "max_abs_vs_1worker": (joined - one["latents"]).abs().max().item(),
@@ -140,25 +176,34 @@ def main() -> None:
         dual_psnr = psnr(dual_frames, exact_frames)
 
         memory_rows = []
-        for mode in ("exact", "dual_scope"):
-            small = run(model_dir, mem_frames, 1, 1, mode)[0]["extra_mib"]
-            big = max(w["extra_mib"] for w in run(model_dir, 4 * mem_frames, 1, 4, mode))
+        for mode in modes:
+            ratios, smalls, bigs = [], [], []
+            for _ in range(mem_runs):
+                smalls.append(run(model_dir, mem_frames, 1, 1, mode, steady_heap=True)[0]["extra_mib"])
+                bigs.append(max(w["extra_mib"] for w in run(model_dir, 4 * mem_frames, 1, 4, mode, steady_heap=True)))
+                ratios.append(bigs[-1] / smalls[-1])
+            middle = sorted(range(mem_runs), key=lambda i: ratios[i])[mem_runs // 2]
             memory_rows.append(
                 {
                     "mode": mode,
                     "1 worker frames": mem_frames,
                     "4 workers frames": 4 * mem_frames,
-                    "extra_MiB_1w": small,
-                    "extra_MiB_4w_max": big,
-                    "ratio": big / small,
+                    "extra_MiB_1w": smalls[middle],
+                    "extra_MiB_4w_max": bigs[middle],
+                    "ratio": ratios[middle],
+                    "ratios_all_runs": " ".join(f"{r:.3f}" for r in ratios),
                 }
             )
 
     print(
         f"\nmodel: UNet3D {spec.unet_channels}, {params / 1e6:.2f} M parameters; 64x64 video, CFG on, 1 thread/worker"
     )
-    print_table("2 clip workers vs 1 (sampling loop only)", rows)
-    print_table("peak extra RSS per worker: 4 workers x 4 frames-per-worker-of-1 vs 1 worker", memory_rows)
+    print_table(f"2 clip workers vs 1 (sampling loop only, best of {repeats})", rows)
+    print_table(
+        f"peak extra RSS per worker, heap following live memory: 4 workers x 4x frames vs 1 worker "
+        f"(median of {mem_runs})",
+        memory_rows,
+    )
     print(f"\ndual-scope vs exact, decoded frames: PSNR {dual_psnr:.2f} dB")
     print(f"Video-Infinity released code: {VIDEO_INFINITY_COLLECTIVES_PER_STEP} collectives per step (default setting)")
     by_mode = {r["mode"]: r for r in rows}
@@ -175,7 +220,9 @@ def main() -> None:
     results = {
         "model_parameters": params,
         "model_channels": list(spec.unet_channels),
+        "repeats": repeats,
         "speed": rows,
+        "all_seconds": {f"{m}/{k}": [_slowest(w) for w in r] for (m, k), r in runs.items()},
         "memory": memory_rows,
         "dual_scope_psnr_db_vs_exact": dual_psnr,
         "video_infinity_collectives_per_step": VIDEO_INFINITY_COLLECTIVES_PER_STEP,
