@@ -38,7 +38,7 @@ def _comm_worker(rank: int, world_size: int) -> dict:
         torch.full((with_empty[rank], 4), float(rank), dtype=torch.float64),
         dim=0,
         sizes=with_empty,
-        kind="attn_global",
+        kind="gather_empty",
     )
     peers = [p for p in range(world_size) if p != rank]
     outgoing = {p: _message(rank, p) for p in peers if (rank, p) != (1, 0)}
@@ -111,7 +111,7 @@ def test_all_gather_accounting_counts_the_padded_contribution(results):
     for r in results:
         kinds = r["stats"]["clip"]
         assert kinds["attn_kv"] == Traffic(1, padded, (WORLD - 1) * padded)
-        assert kinds["attn_global"] == Traffic(1, padded_empty, (WORLD - 1) * padded_empty)
+        assert kinds["gather_empty"] == Traffic(1, padded_empty, (WORLD - 1) * padded_empty)
         assert kinds["setup"] == Traffic(1, 8, (WORLD - 1) * 8)
 
 
