@@ -284,7 +284,7 @@ class StepParallelLoop:
             if self.comm.rank < len(steps):
                 mine = stepper.draft_and_predict(denoiser, scheduler, latents, steps, self.comm.rank, reuse)
                 own = mine
-            outputs = self._exchange(mine, len(steps), latents)
+            outputs = self._gather(mine, len(steps), latents, "model_output")  # in position order
             for index, output in zip(steps, outputs, strict=True):
                 latents = stepper.master(scheduler, index, latents, output)
             newest = outputs[-1]
@@ -311,12 +311,9 @@ class StepParallelLoop:
         uncond, cond = self._gather(mine, 2, latents, "warmup_branch")
         return denoiser.guide(uncond, cond)
 
-    def _exchange(self, mine: torch.Tensor | None, length: int, like: torch.Tensor) -> list[torch.Tensor]:
-        """Every rank's prediction of this round, in position order (ranks past ``length`` send none)."""
-        return self._gather(mine, length, like, "model_output")
-
     def _gather(self, mine: torch.Tensor | None, length: int, like: torch.Tensor, kind: str) -> list[torch.Tensor]:
-        """The tensors of ranks ``0 .. length-1`` (each shaped like ``like``), in rank order."""
+        """The tensors of ranks ``0 .. length-1`` (each shaped like ``like``), in rank order; the
+        ranks past ``length`` send none."""
         sizes = [1 if k < length else 0 for k in range(self.comm.size)]
         part = like.new_empty((0, *like.shape)) if mine is None else mine.to(like.dtype).unsqueeze(0)
         gathered = self.comm.all_gather_uneven(part.to(self.comm.device), 0, sizes, kind)

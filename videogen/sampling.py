@@ -72,8 +72,11 @@ class Denoiser:
     """Guided model output for a frame slice: ``o_u + s (o_c - o_u)``, batched as ``[uncond, cond]``.
 
     ``before_call(t)`` callbacks run before every UNet call (e.g. a timestep-dependent attention
-    schedule in a parallel mode).
+    schedule in a parallel mode). :meth:`branch` evaluates one guidance branch alone (CFG and
+    ParaStep warm-up splitting), :meth:`guide` combines two.
     """
+
+    BRANCHES = ("uncond", "cond")
 
     def __init__(
         self,
@@ -91,8 +94,6 @@ class Denoiser:
         self.evaluations = 0
         if text.per_frame and frame_context is None:
             raise ValueError("a per-frame prompt schedule needs a FrameContext installed on the UNet")
-
-    BRANCHES = ("uncond", "cond")
 
     @property
     def guided(self) -> bool:
@@ -126,6 +127,14 @@ class Denoiser:
         """``o_u + s (o_c - o_u)``."""
         return uncond + self.guidance_scale * (cond - uncond)
 
+    def _unet(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """One counted UNet call, after the ``before_call`` callbacks."""
+        for callback in self.before_call:
+            callback(timestep)
+        output = self.unet(sample.to(self.dtype), timestep, encoder_hidden_states=context.to(dtype=self.dtype))
+        self.evaluations += 1
+        return output.sample
+
     @torch.no_grad()
     def branch(self, latents: torch.Tensor, timestep: torch.Tensor, branch: str) -> torch.Tensor:
         """The unguided output of one guidance branch (``"uncond"`` or ``"cond"``): one UNet call, batch 1.
@@ -133,22 +142,13 @@ class Denoiser:
         :meth:`guide` of the two branches is the guided output up to rounding (a batch of one and a
         batch of two round differently, by about 1e-6).
         """
-        for callback in self.before_call:
-            callback(timestep)
-        context = self._branch_context(branch, latents.shape[2]).to(dtype=self.dtype)
-        output = self.unet(latents.to(self.dtype), timestep, encoder_hidden_states=context).sample
-        self.evaluations += 1
-        return output.to(latents.dtype)
+        context = self._branch_context(branch, latents.shape[2])
+        return self._unet(latents, timestep, context).to(latents.dtype)
 
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        for callback in self.before_call:
-            callback(timestep)
         model_in = torch.cat([latents, latents]) if self.guided else latents
-        context = self._context(latents.shape[2]).to(dtype=self.dtype)
-        output = self.unet(model_in.to(self.dtype), timestep, encoder_hidden_states=context).sample
-        self.evaluations += 1
-        output = output.to(latents.dtype)
+        output = self._unet(model_in, timestep, self._context(latents.shape[2])).to(latents.dtype)
         if not self.guided:
             return output
         uncond, cond = output.chunk(2)
