@@ -6,10 +6,12 @@ layers that mix frames get what they need from the other clips:
 
 ``TemporalConvLayer`` (four stages GroupNorm -> SiLU -> Conv3d with a ``(3, 1, 1)`` kernel)
     One halo exchange of the layer's input: ``sum of temporal paddings`` (4) frames from each
-    neighbour. The stages then run on ``[halo | clip | halo]``, each conv shrinking the halo by
-    one frame, so the clip's output equals the whole-video layer's. At the ends of the video there
-    is no halo and each stage zero-pads exactly as the single-device conv does. GroupNorm
-    statistics are taken over the clip's own frames (the halo is normalised with them too).
+    neighbour. The stages then run on ``[halo | clip | halo]`` with the convs' own zero padding:
+    at an end of the video that is exactly the single-device padding; at a halo's outer edge it
+    is wrong, and the wrong frames creep inwards one frame per stage, so after the four stages
+    they cover the halo and never the clip, whose output equals the whole-video layer's (no
+    trimming or re-padding copies between stages). GroupNorm statistics are taken over the clip's
+    own frames (the halo is normalised with them too).
 
 Temporal attention (``attn1`` and ``attn2`` of every ``TransformerTemporalModel``)
     *exact*: the keys and values of all frames are all-gathered (one collective per attention).
@@ -336,14 +338,6 @@ def _dual_scope_keys(state: _ClipState, k: torch.Tensor, v: torch.Tensor) -> tor
     return kv
 
 
-def _conv_time(conv: nn.Conv3d, h: torch.Tensor, pad_left: bool, pad_right: bool) -> torch.Tensor:
-    """``conv`` along frames without its own temporal padding; zero padding only at video ends."""
-    p = conv.padding[0]
-    h = F.pad(h, (0, 0, 0, 0, p if pad_left else 0, p if pad_right else 0))
-    padding = (0,) + tuple(conv.padding[1:])
-    return F.conv3d(h, conv.weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)
-
-
 def _clip_temporal_conv(
     layer: TemporalConvLayer, state: _ClipState, hidden_states: torch.Tensor, num_frames: int = 1
 ) -> torch.Tensor:
@@ -351,15 +345,12 @@ def _clip_temporal_conv(
     left, right = state.comm.halo_exchange(x, 2, CONV_HALO, "conv_halo")
     h = torch.cat([p for p in (left, x, right) if p is not None], dim=2)
     lo = 0 if left is None else CONV_HALO
+    own = slice(lo, lo + num_frames)
     for stage in _conv_stages(layer):
-        h = state.group_norm(stage[0], h, slice(lo, lo + num_frames))
-        for module in stage[1:-1]:
+        h = state.group_norm(stage[0], h, own)
+        for module in stage[1:]:
             h = module(h)
-        conv = stage[-1]
-        h = _conv_time(conv, h, pad_left=left is None, pad_right=right is None)
-        if left is not None:
-            lo -= conv.padding[0]
-    y = x + h
+    y = x + h[:, :, own]
     return y.permute(0, 2, 1, 3, 4).reshape((-1,) + y.shape[1:2] + y.shape[3:])
 
 
