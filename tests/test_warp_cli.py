@@ -80,6 +80,22 @@ def test_a_bare_spec_gives_the_same_noise_as_a_job_section(tmp_path):
     assert torch.equal(_read_noise(tmp_path / "bare.safetensors")[0], _read_noise(tmp_path / "job.safetensors")[0])
 
 
+def test_the_seed_defaults_to_the_job_files_noise_seed(tmp_path, capsys):
+    job = "model: {path: tiny}\nnoise:\n  kind: warped\n  seed: SEED\n  warped:\n    source: camera\n"
+    (tmp_path / "job.yaml").write_text(job.replace("SEED", "7"))
+    spec = spec_from_yaml(tmp_path / "job.yaml")
+    assert _render(tmp_path / "job.yaml", tmp_path / "job", 3, 8) == 0
+    noise, metadata = _read_noise(tmp_path / "job.safetensors")
+    assert metadata["seed"] == "7"
+    assert torch.equal(noise, warped_latent_noise(spec, 7, 3, 4, 8, 8, range(3))[0].permute(1, 0, 2, 3))
+    assert _render(tmp_path / "job.yaml", tmp_path / "chosen", 3, 8, "--seed", "2") == 0
+    assert _read_noise(tmp_path / "chosen.safetensors")[1]["seed"] == "2"
+    (tmp_path / "random.yaml").write_text(job.replace("SEED", "-1"))
+    assert _render(tmp_path / "random.yaml", tmp_path / "random", 3, 8) == 0
+    drawn = _read_noise(tmp_path / "random.safetensors")[1]["seed"]
+    assert int(drawn) >= 0 and f"drew seed {drawn}" in capsys.readouterr().out
+
+
 def test_the_example_drag_config_renders(tmp_path):
     assert _render(CONFIGS / "motion_drag.yaml", tmp_path / "drag", 4, 16, "--channels", "3") == 0
     noise, _ = _read_noise(tmp_path / "drag.safetensors")

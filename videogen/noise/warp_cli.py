@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import secrets
 import struct
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from videogen.io.atomic import commit, discard, partial_path
 from videogen.io.writer import open_sink
 from videogen.noise.flow import flow_to_rgb
 from videogen.noise.warp import torch_threads
-from videogen.noise.warp_spec import spec_from_yaml
+from videogen.noise.warp_spec import seed_from_yaml, spec_from_yaml
 from videogen.noise.warped_latents import WarpedFrame, iter_warped_noise
 
 _PREVIEW_MIN_HEIGHT = 256
@@ -44,7 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--height", type=int, required=True, help="noise height H (latent rows)")
     parser.add_argument("--width", type=int, required=True, help="noise width W (latent columns)")
     parser.add_argument("--channels", type=int, default=4, help="noise channels C (default 4)")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="noise seed (default: the file's noise.seed, so the noise is the render's; 0 for a bare spec)",
+    )
     parser.add_argument("--out", required=True, help="output prefix: writes OUT.safetensors and OUT.preview.mp4")
     parser.add_argument("--fps", type=int, default=8, help="preview frame rate (default 8)")
     parser.set_defaults(handler=cmd_warp_noise)
@@ -54,19 +60,35 @@ def _check_args(args: argparse.Namespace) -> None:
     for name in ("frames", "height", "width", "channels", "fps"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.seed < 0:
+    if args.seed is not None and args.seed < 0:
         raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+
+
+def _seed(args: argparse.Namespace) -> int:
+    """``--seed``, else the job file's ``noise.seed`` (-1 draws one, as a render does, and says so), else 0."""
+    if args.seed is not None:
+        return args.seed
+    seed = seed_from_yaml(args.config)
+    if seed is None:
+        return 0
+    if seed == -1:
+        seed = secrets.randbelow(2**31)
+        print(f"noise.seed is -1: drew seed {seed} (pass --seed to choose)")
+    elif seed < 0:
+        raise ConfigError(f"{args.config}: noise.seed must be >= 0 or -1, got {seed}")
+    return seed
 
 
 def cmd_warp_noise(args: argparse.Namespace) -> int:
     """Handler of ``videogen warp-noise``."""
     _check_args(args)
     spec = spec_from_yaml(args.config)
+    seed = _seed(args)
     noise_path = Path(f"{args.out}.safetensors")
     preview_path = Path(f"{args.out}.preview.mp4")
     shape = (args.frames, args.channels, args.height, args.width)
-    metadata = {"seed": str(args.seed), "spec": OmegaConf.to_yaml(OmegaConf.structured(spec))}
-    frames = iter_warped_noise(spec, args.seed, args.frames, args.channels, args.height, args.width)
+    metadata = {"seed": str(seed), "spec": OmegaConf.to_yaml(OmegaConf.structured(spec))}
+    frames = iter_warped_noise(spec, seed, args.frames, args.channels, args.height, args.width)
     scale = max(1, math.ceil(_PREVIEW_MIN_HEIGHT / args.height))
     with (
         _SafetensorsStream(noise_path, "noise", shape, metadata) as noise_out,

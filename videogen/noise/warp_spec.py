@@ -217,6 +217,19 @@ def spec_from_yaml(path: str | Path) -> WarpedNoiseSpec:
     return spec
 
 
+def seed_from_yaml(path: str | Path) -> int | None:
+    """The ``noise.seed`` of a job file (read after :func:`spec_from_yaml` has checked the file),
+    or None when the file has none (a bare spec, or a job leaving it at its default, 0)."""
+    raw = OmegaConf.load(Path(path))
+    noise = raw.get("noise") if OmegaConf.is_dict(raw) else None
+    seed = noise.get("seed") if OmegaConf.is_dict(noise) else None
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"{path}: noise.seed must be an integer, got {seed!r}")
+    return seed
+
+
 def _warped_section(raw, path: Path):
     if "noise" not in raw:
         return raw
