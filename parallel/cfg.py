@@ -18,9 +18,7 @@ from parallel.comm import AxisComm
 from videogen.errors import ConfigError
 from videogen.sampling import Denoiser
 
-__all__ = ["BRANCHES", "CfgParallelDenoiser"]
-
-BRANCHES = Denoiser.BRANCHES
+__all__ = ["CfgParallelDenoiser"]
 
 
 class CfgParallelDenoiser:
@@ -42,7 +40,7 @@ class CfgParallelDenoiser:
 
     @property
     def branch(self) -> str:
-        return BRANCHES[self.comm.rank]
+        return Denoiser.BRANCHES[self.comm.rank]
 
     @property
     def evaluations(self) -> int:

@@ -31,7 +31,7 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import PeakRSS, heap_follows_live_memory, print_table, target, write_json  # noqa: E402
+from benchlib import PeakRSS, heap_follows_live_memory, print_table, sequential_worker, target, write_json  # noqa: E402
 
 VIDEO_INFINITY_COLLECTIVES_PER_STEP = 248
 
@@ -87,16 +87,6 @@ def make_job(model_dir: str, frames: int, steps: int, workers: int, mode: str):
     return load_job(None, overrides).config
 
 
-def solo_worker(rank: int, world_size: int, job) -> dict:
-    """The probe: an independent 1-worker render in each process, nothing shared."""
-    from videogen.pipeline import WorkerSlot, denoise, prepare_bundle
-
-    bundle = prepare_bundle(job)
-    start = time.perf_counter()
-    denoise(job, bundle, job.noise.seed, WorkerSlot(), progress=False)
-    return {"seconds": time.perf_counter() - start}
-
-
 def run(model_dir: str, frames: int, steps: int, workers: int, mode: str, steady_heap: bool = False) -> list[dict]:
     from parallel.launch import run_local
 
@@ -107,7 +97,7 @@ def run(model_dir: str, frames: int, steps: int, workers: int, mode: str, steady
 def probe(model_dir: str, frames: int, steps: int, mode: str) -> list[dict]:
     from parallel.launch import run_local
 
-    return run_local(solo_worker, 2, make_job(model_dir, frames // 2, steps, 1, mode), num_threads=1)
+    return run_local(sequential_worker, 2, make_job(model_dir, frames // 2, steps, 1, mode), num_threads=1)
 
 
 def _slowest(workers: list[dict]) -> float:

@@ -23,7 +23,6 @@ import math
 import os
 import sys
 import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,20 +33,9 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import print_table, target, write_json  # noqa: E402
+from benchlib import print_table, sequential_worker, target, write_json  # noqa: E402
 
 RULES = ("shared", "own")
-
-
-def sequential_worker(rank: int, world_size: int, job) -> dict:
-    """The baseline: :func:`videogen.pipeline.denoise` with the plain sequential loop, timed."""
-    from videogen.pipeline import WorkerSlot, denoise, prepare_bundle
-
-    bundle = prepare_bundle(job)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    latents, evaluations, _ = denoise(job, bundle, job.noise.seed, WorkerSlot(), progress=False)
-    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    return {"latents": latents, "seconds": seconds, "cpu_seconds": cpu_seconds, "evaluations": evaluations}
 
 
 def make_job(model_dir: str, frames: int, steps: int, sampler: str = "ddim"):

@@ -66,6 +66,18 @@ def write_json(path: str | None, results: dict[str, Any], targets: dict[str, dic
         print(f"\nwrote {path}")
 
 
+def sequential_worker(rank: int, world_size: int, job) -> dict:
+    """An independent plain render of ``job`` in this worker (the sequential baseline, or one half
+    of a probe when several run at once), timed around :func:`videogen.pipeline.denoise` only."""
+    from videogen.pipeline import WorkerSlot, denoise, prepare_bundle
+
+    bundle = prepare_bundle(job)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    latents, evaluations, _ = denoise(job, bundle, job.noise.seed, WorkerSlot(), progress=False)
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    return {"latents": latents, "seconds": seconds, "cpu_seconds": cpu_seconds, "evaluations": evaluations}
+
+
 def heap_follows_live_memory() -> bool:
     """Make glibc return every freed block of 64 KiB or more to the system at once.
 
