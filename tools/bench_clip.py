@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -36,11 +37,17 @@ from benchlib import PeakRSS, heap_follows_live_memory, print_table, sequential_
 VIDEO_INFINITY_COLLECTIVES_PER_STEP = 248
 
 
-def bench_worker(rank: int, world_size: int, job, steady_heap: bool = False) -> dict:
-    """Inside a worker: set up, then time and measure the sampling loop only."""
+def bench_worker(rank: int, world_size: int, job, measure_memory: bool = False) -> dict:
+    """Inside a worker: set up, then time the sampling loop only, or (``measure_memory``) sample
+    its peak RSS.
+
+    The two are separate runs: the RSS sampler is a thread waking every millisecond, which on a
+    2-core machine running 2 workers steals time from the other worker's core (it made 2-worker
+    runs 0.9-1.5 s slower out of 11 s, while a 1-worker run has a spare core for it).
+    """
     import torch.distributed as dist
 
-    if steady_heap and not heap_follows_live_memory():
+    if measure_memory and not heap_follows_live_memory():
         raise RuntimeError("the memory rows need glibc's mallopt (Linux)")
 
     from parallel.comm import AxisComm
@@ -51,7 +58,7 @@ def bench_worker(rank: int, world_size: int, job, steady_heap: bool = False) -> 
     slot = worker_slot(worker, job, AxisComm(dist.group.WORLD, "world", worker.stats))
     worker.stats.reset()
     dist.barrier()
-    with PeakRSS() as rss:
+    with PeakRSS() if measure_memory else contextlib.nullcontext() as rss:
         start = time.perf_counter()
         latents, evaluations, _ = denoise(job, worker.bundle, job.noise.seed, slot, progress=False)
         seconds = time.perf_counter() - start
@@ -59,7 +66,7 @@ def bench_worker(rank: int, world_size: int, job, steady_heap: bool = False) -> 
     return {
         "latents": latents.cpu(),
         "seconds": seconds,
-        "extra_mib": rss.extra_mib,
+        "extra_mib": rss.extra_mib if measure_memory else None,
         "evaluations": evaluations,
         "calls": sum(t.calls for t in traffic.values()),
         "bytes_sent": sum(t.bytes_sent for t in traffic.values()),
@@ -87,11 +94,11 @@ def make_job(model_dir: str, frames: int, steps: int, workers: int, mode: str):
     return load_job(None, overrides).config
 
 
-def run(model_dir: str, frames: int, steps: int, workers: int, mode: str, steady_heap: bool = False) -> list[dict]:
+def run(model_dir: str, frames: int, steps: int, workers: int, mode: str, measure_memory: bool = False) -> list[dict]:
     from parallel.launch import run_local
 
     job = make_job(model_dir, frames, steps, workers, mode)
-    return run_local(bench_worker, workers, job, steady_heap, num_threads=1)
+    return run_local(bench_worker, workers, job, measure_memory, num_threads=1)
 
 
 def probe(model_dir: str, frames: int, steps: int, mode: str) -> list[dict]:
@@ -169,8 +176,8 @@ def main() -> None:
         for mode in modes:
             ratios, smalls, bigs = [], [], []
             for _ in range(mem_runs):
-                smalls.append(run(model_dir, mem_frames, 1, 1, mode, steady_heap=True)[0]["extra_mib"])
-                bigs.append(max(w["extra_mib"] for w in run(model_dir, 4 * mem_frames, 1, 4, mode, steady_heap=True)))
+                smalls.append(run(model_dir, mem_frames, 1, 1, mode, measure_memory=True)[0]["extra_mib"])
+                bigs.append(max(w["extra_mib"] for w in run(model_dir, 4 * mem_frames, 1, 4, mode, measure_memory=True)))
                 ratios.append(bigs[-1] / smalls[-1])
             middle = sorted(range(mem_runs), key=lambda i: ratios[i])[mem_runs // 2]
             memory_rows.append(
