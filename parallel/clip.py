@@ -62,7 +62,9 @@ from parallel.dual_scope import (
     group_stats,
     patch_forward,
     scope_biases,
+    temporal_kv,
     temporal_output,
+    temporal_q,
     temporal_qkv,
 )
 from videogen.errors import ConfigError
@@ -270,72 +272,86 @@ class ClipAttnProcessor:
     ) -> torch.Tensor:
         check_temporal_call(attn, encoder_hidden_states, attention_mask)
         state, comm = self.state, self.state.comm
-        q, k, v = temporal_qkv(attn, hidden_states)
         if state.config.mode == "exact":
+            q, k, v = temporal_qkv(attn, hidden_states)
             kv = torch.stack([k, v])  # [2, N, heads, frames, d]: keys and values travel together
             del k, v
             kv = comm.all_gather_uneven(kv, 3, state.clip_sizes, "attn_kv")
             mask = None
         else:
-            kv = _dual_scope_keys(state, k, v)
-            del k, v
+            keys = _DualScopeKeys(state, *temporal_kv(attn, hidden_states))
+            q = temporal_q(attn, hidden_states)  # computed while the exchange is in flight
             mask = state.mask(q.dtype, q.device)
+            kv = keys.wait()
+            del keys
         out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask, scale=attn.scale)
         del q, kv
         return temporal_output(attn, out, hidden_states)
 
 
-def _dual_scope_keys(state: _ClipState, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+class _DualScopeKeys:
     """``[left halo | own | right halo | global frames]`` keys and values, ``[2, N, heads, keys, d]``.
 
     One exchange: each neighbour gets this clip's ``local_radius`` edge frames followed by the
     global frames it owns; every other rank gets just the global frames (nothing when it owns
-    none). The global frames are put in video order, this clip's own included. Everything is
-    copied once into one preallocated buffer (no stack-then-concatenate copies).
+    none). The global frames are put in video order, this clip's own included. The exchange is
+    posted on construction, as soon as the keys exist, and this clip's own part is copied into
+    the one preallocated buffer at once; :meth:`wait` completes the buffer with what arrived. The
+    caller computes the queries in between, so a neighbour arriving late costs less idle time.
     """
-    comm, radius, frames = state.comm, state.config.dual_scope.local_radius, k.shape[2]
 
-    def both(fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        return torch.stack([fn(k), fn(v)])
+    def __init__(self, state: _ClipState, k: torch.Tensor, v: torch.Tensor):
+        comm, radius, frames = state.comm, state.config.dual_scope.local_radius, k.shape[2]
+        self._state = state
 
-    index = state.own_global_index(k.device)
-    own_global = both(lambda x: x.index_select(2, index))
-    outgoing, incoming = {}, {}
-    for peer in range(comm.size):
-        if peer == comm.rank:
-            continue
-        neighbour = abs(peer - comm.rank) == 1
-        right = peer > comm.rank
-        parts = [both(lambda x, right=right: halo_slice(x, 2, radius, right))] if neighbour else []
-        if own_global.shape[3]:
-            parts.append(own_global)
-        if parts:
-            outgoing[peer] = torch.cat(parts, dim=3) if len(parts) > 1 else parts[0]
-        count = (radius if neighbour else 0) + state.global_counts[peer]
-        if count:
-            incoming[peer] = (2, *k.shape[:2], count, k.shape[3])
-    received = comm.exchange(outgoing, incoming, k, "attn_scope")
-    del outgoing
-    left = radius if comm.rank > 0 else 0
-    right = radius if comm.rank < comm.size - 1 else 0
-    kv = k.new_empty((2, *k.shape[:2], left + frames + right + len(state.global_frames), k.shape[3]))
-    kv[0, :, :, left : left + frames] = k
-    kv[1, :, :, left : left + frames] = v
-    if left:
-        kv[:, :, :, :left] = received[comm.rank - 1][:, :, :, :radius]
-    if right:
-        kv[:, :, :, left + frames : left + frames + right] = received[comm.rank + 1][:, :, :, :radius]
-    at = left + frames + right
-    for peer, count in enumerate(state.global_counts):
-        if not count:
-            continue
-        if peer == comm.rank:
-            part = own_global
-        else:
-            part = received[peer].narrow(3, radius if abs(peer - comm.rank) == 1 else 0, count)
-        kv[:, :, :, at : at + count] = part
-        at += count
-    return kv
+        def both(fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+            return torch.stack([fn(k), fn(v)])
+
+        index = state.own_global_index(k.device)
+        own_global = both(lambda x: x.index_select(2, index))
+        outgoing, incoming = {}, {}
+        for peer in range(comm.size):
+            if peer == comm.rank:
+                continue
+            neighbour = abs(peer - comm.rank) == 1
+            right = peer > comm.rank
+            parts = [both(lambda x, right=right: halo_slice(x, 2, radius, right))] if neighbour else []
+            if own_global.shape[3]:
+                parts.append(own_global)
+            if parts:
+                outgoing[peer] = torch.cat(parts, dim=3) if len(parts) > 1 else parts[0]
+            count = (radius if neighbour else 0) + state.global_counts[peer]
+            if count:
+                incoming[peer] = (2, *k.shape[:2], count, k.shape[3])
+        self._flight = comm.start_exchange(outgoing, incoming, k, "attn_scope")
+        self._left = radius if comm.rank > 0 else 0
+        self._right = radius if comm.rank < comm.size - 1 else 0
+        self._frames = frames
+        kv = k.new_empty((2, *k.shape[:2], self._left + frames + self._right + len(state.global_frames), k.shape[3]))
+        kv[0, :, :, self._left : self._left + frames] = k
+        kv[1, :, :, self._left : self._left + frames] = v
+        at = self._left + frames + self._right
+        for peer, count in enumerate(state.global_counts):
+            if peer == comm.rank and count:
+                kv[:, :, :, at : at + count] = own_global
+            at += count
+        self._kv = kv
+
+    def wait(self) -> torch.Tensor:
+        comm, radius, kv = self._state.comm, self._state.config.dual_scope.local_radius, self._kv
+        received = self._flight.wait()
+        left, frames, right = self._left, self._frames, self._right
+        if left:
+            kv[:, :, :, :left] = received[comm.rank - 1][:, :, :, :radius]
+        if right:
+            kv[:, :, :, left + frames : left + frames + right] = received[comm.rank + 1][:, :, :, :radius]
+        at = left + frames + right
+        for peer, count in enumerate(self._state.global_counts):
+            if count and peer != comm.rank:
+                part = received[peer].narrow(3, radius if abs(peer - comm.rank) == 1 else 0, count)
+                kv[:, :, :, at : at + count] = part
+            at += count
+        return kv
 
 
 def _clip_temporal_conv(

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch.distributed import ProcessGroup
 from torch.distributed.device_mesh import DeviceMesh
 
-__all__ = ["AxisComm", "CommStats", "Traffic", "combine_stats", "halo_slice"]
+__all__ = ["AxisComm", "CommStats", "InFlight", "Traffic", "combine_stats", "halo_slice", "nbytes"]
 
 
 @dataclass
@@ -77,7 +78,8 @@ class CommStats:
         self._table.clear()
 
 
-def _nbytes(tensor: torch.Tensor) -> int:
+def nbytes(tensor: torch.Tensor) -> int:
+    """Payload size of ``tensor`` in bytes."""
     return tensor.numel() * tensor.element_size()
 
 
@@ -112,7 +114,7 @@ class AxisComm:
         tensor = tensor.contiguous()
         out = [torch.empty_like(tensor) for _ in range(self.size)]
         dist.all_gather(out, tensor, group=self.group)
-        self.stats.record(self.axis, kind, _nbytes(tensor), (self.size - 1) * _nbytes(tensor))
+        self.stats.record(self.axis, kind, nbytes(tensor), (self.size - 1) * nbytes(tensor))
         return out
 
     def all_gather_uneven(self, tensor: torch.Tensor, dim: int, sizes: list[int], kind: str) -> torch.Tensor:
@@ -138,7 +140,7 @@ class AxisComm:
         if self.size == 1:
             return tensor
         dist.all_reduce(tensor, group=self.group)
-        self.stats.record(self.axis, kind, _nbytes(tensor), _nbytes(tensor))
+        self.stats.record(self.axis, kind, nbytes(tensor), nbytes(tensor))
         return tensor
 
     def broadcast(self, tensor: torch.Tensor, kind: str, src: int = 0) -> torch.Tensor:
@@ -147,8 +149,8 @@ class AxisComm:
             return tensor
         tensor = tensor.contiguous()
         dist.broadcast(tensor, group=self.group, group_src=src)
-        sent = _nbytes(tensor) * (self.size - 1) if self.rank == src else 0
-        self.stats.record(self.axis, kind, sent, 0 if self.rank == src else _nbytes(tensor))
+        sent = nbytes(tensor) * (self.size - 1) if self.rank == src else 0
+        self.stats.record(self.axis, kind, sent, 0 if self.rank == src else nbytes(tensor))
         return tensor
 
     def exchange(
@@ -161,20 +163,30 @@ class AxisComm:
         Every message must be matched: ``p`` in this rank's ``outgoing`` exactly when this rank is in
         ``p``'s ``incoming``, with the same shape. Records one call (when anything moves).
         """
-        ops, received, sent = [], {}, 0
-        for peer, tensor in sorted(outgoing.items()):
-            tensor = tensor.contiguous()
+        return self.start_exchange(outgoing, incoming, like, kind).wait()
+
+    def start_exchange(
+        self, outgoing: dict[int, torch.Tensor], incoming: dict[int, Sequence[int]], like: torch.Tensor, kind: str
+    ) -> InFlight:
+        """:meth:`exchange`, posted now; :meth:`InFlight.wait` completes it and returns its result.
+
+        The caller may compute in between (anything but other communication on this axis), so
+        a peer that reaches the exchange later costs this rank less idle time. The ``outgoing``
+        tensors must not be modified before the wait.
+        """
+        ops, received = [], {}
+        sends = tuple(tensor.contiguous() for _, tensor in sorted(outgoing.items()))
+        for peer, tensor in zip(sorted(outgoing), sends, strict=True):
             ops.append(dist.P2POp(dist.isend, tensor, group=self.group, group_peer=peer))
-            sent += _nbytes(tensor)
         for peer, shape in sorted(incoming.items()):
             received[peer] = torch.empty(tuple(shape), dtype=like.dtype, device=like.device)
             ops.append(dist.P2POp(dist.irecv, received[peer], group=self.group, group_peer=peer))
         if not ops:
-            return received
-        for request in dist.batch_isend_irecv(ops):
-            request.wait()
-        self.stats.record(self.axis, kind, sent, sum(_nbytes(t) for t in received.values()))
-        return received
+            return InFlight([], received)
+        flight = InFlight(list(dist.batch_isend_irecv(ops)), received, sends)
+        sent = sum(nbytes(t) for t in sends)
+        self.stats.record(self.axis, kind, sent, sum(nbytes(t) for t in received.values()))
+        return flight
 
     def halo_exchange(
         self, tensor: torch.Tensor, dim: int, width: int, kind: str
@@ -196,6 +208,22 @@ class AxisComm:
         outgoing = {p: halo_slice(tensor, dim, width, toward_right=p > self.rank) for p in neighbours}
         received = self.exchange(outgoing, {p: shape for p in neighbours}, tensor, kind)
         return received.get(self.rank - 1), received.get(self.rank + 1)
+
+
+@dataclass
+class InFlight:
+    """Communication posted but not yet completed: :meth:`wait` returns ``result`` once the works
+    are done. ``sends`` keeps the outgoing tensors alive until then."""
+
+    works: list
+    result: Any
+    sends: tuple = ()
+
+    def wait(self) -> Any:
+        for work in self.works:
+            work.wait()
+        self.works, self.sends = [], ()
+        return self.result
 
 
 def halo_slice(tensor: torch.Tensor, dim: int, width: int, toward_right: bool) -> torch.Tensor:

@@ -56,6 +56,8 @@ __all__ = [
     "patch_forward",
     "scope_biases",
     "temporal_output",
+    "temporal_kv",
+    "temporal_q",
     "temporal_qkv",
 ]
 
@@ -213,19 +215,25 @@ def check_temporal_call(attn: Attention, encoder_hidden_states: Any, attention_m
 
 def temporal_qkv(attn: Attention, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Project ``[N, frames, C]`` tokens to ``q, k, v`` of shape ``[N, heads, frames, head_dim]``."""
-    n = hidden_states.shape[0]
+    return (temporal_q(attn, hidden_states), *temporal_kv(attn, hidden_states))
 
-    def heads(x: torch.Tensor) -> torch.Tensor:
-        return x.view(n, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
 
-    q = heads(attn.to_q(hidden_states))
-    k = heads(attn.to_k(hidden_states))
-    v = heads(attn.to_v(hidden_states))
-    if attn.norm_q is not None:
-        q = attn.norm_q(q)
-    if attn.norm_k is not None:
-        k = attn.norm_k(k)
-    return q, k, v
+def temporal_q(attn: Attention, hidden_states: torch.Tensor) -> torch.Tensor:
+    """The queries of :func:`temporal_qkv`."""
+    q = _heads(attn, attn.to_q(hidden_states))
+    return q if attn.norm_q is None else attn.norm_q(q)
+
+
+def temporal_kv(attn: Attention, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys and values of :func:`temporal_qkv`."""
+    k = _heads(attn, attn.to_k(hidden_states))
+    v = _heads(attn, attn.to_v(hidden_states))
+    return (k if attn.norm_k is None else attn.norm_k(k)), v
+
+
+def _heads(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """``[N, frames, heads * d]`` -> ``[N, heads, frames, d]``."""
+    return x.view(x.shape[0], -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
 
 
 def temporal_output(attn: Attention, out: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:

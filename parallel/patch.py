@@ -63,7 +63,7 @@ from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 from torch import nn
 
-from parallel.comm import AxisComm
+from parallel.comm import AxisComm, InFlight, nbytes
 from parallel.dual_scope import patch_forward, temporal_output, temporal_qkv
 from videogen.errors import ConfigError
 
@@ -231,28 +231,9 @@ def split_rows(latent_hw: tuple[int, int], parts: int, levels: int, split: str =
 # ---------------------------------------------------------------------------------------------
 
 
-def _nbytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()
-
-
-@dataclass
-class _InFlight:
-    """A launched exchange: ``wait()`` returns ``result`` once the works are done."""
-
-    works: list
-    result: Any
-    sends: tuple = ()
-
-    def wait(self) -> Any:
-        for work in self.works:
-            work.wait()
-        self.works, self.sends = [], ()
-        return self.result
-
-
 def _neighbour_bands(
     comm: AxisComm, x: torch.Tensor, dim: int, before: int, after: int, kind: str, tag: int, async_op: bool
-) -> _InFlight:
+) -> InFlight:
     """Receive ``(left, right)``: the left neighbour's last ``before`` and the right neighbour's first ``after``.
 
     This rank sends its first ``after`` entries along ``dim`` to the left neighbour and its last
@@ -260,7 +241,7 @@ def _neighbour_bands(
     :meth:`AxisComm.halo_exchange`: the entries sent and received.
     """
     if comm.size == 1 or before == after == 0:
-        return _InFlight([], (None, None))
+        return InFlight([], (None, None))
     ops, sends, left, right, sent, received = [], [], None, None, 0, 0
     length = x.shape[dim]
 
@@ -271,49 +252,49 @@ def _neighbour_bands(
         if after:
             sends.append(x.narrow(dim, 0, after).contiguous())
             post(dist.isend, sends[-1], comm.rank - 1)
-            sent += _nbytes(sends[-1])
+            sent += nbytes(sends[-1])
         if before:
             shape = list(x.shape)
             shape[dim] = before
             left = x.new_empty(shape)
             post(dist.irecv, left, comm.rank - 1)
-            received += _nbytes(left)
+            received += nbytes(left)
     if comm.rank < comm.size - 1:
         if before:
             sends.append(x.narrow(dim, length - before, before).contiguous())
             post(dist.isend, sends[-1], comm.rank + 1)
-            sent += _nbytes(sends[-1])
+            sent += nbytes(sends[-1])
         if after:
             shape = list(x.shape)
             shape[dim] = after
             right = x.new_empty(shape)
             post(dist.irecv, right, comm.rank + 1)
-            received += _nbytes(right)
-    flight = _InFlight(list(dist.batch_isend_irecv(ops)), (left, right), tuple(sends))
+            received += nbytes(right)
+    flight = InFlight(list(dist.batch_isend_irecv(ops)), (left, right), tuple(sends))
     comm.stats.record(comm.axis, kind, sent, received)
     if not async_op:
         flight.wait()
     return flight
 
 
-def _all_gather(comm: AxisComm, x: torch.Tensor, kind: str, async_op: bool) -> _InFlight:
+def _all_gather(comm: AxisComm, x: torch.Tensor, kind: str, async_op: bool) -> InFlight:
     """Every rank's ``x`` in rank order (``result``); accounting as :meth:`AxisComm.all_gather`."""
     if comm.size == 1:
-        return _InFlight([], [x])
+        return InFlight([], [x])
     x = x.contiguous()
     out = [torch.empty_like(x) for _ in range(comm.size)]
     work = dist.all_gather(out, x, group=comm.group, async_op=async_op)
-    comm.stats.record(comm.axis, kind, _nbytes(x), (comm.size - 1) * _nbytes(x))
-    return _InFlight([work] if async_op else [], out, (x,))
+    comm.stats.record(comm.axis, kind, nbytes(x), (comm.size - 1) * nbytes(x))
+    return InFlight([work] if async_op else [], out, (x,))
 
 
-def _all_reduce(comm: AxisComm, x: torch.Tensor, kind: str, async_op: bool) -> _InFlight:
+def _all_reduce(comm: AxisComm, x: torch.Tensor, kind: str, async_op: bool) -> InFlight:
     """The sum of ``x`` over the axis, in place (``result``); accounting as :meth:`AxisComm.all_reduce`."""
     if comm.size == 1:
-        return _InFlight([], x)
+        return InFlight([], x)
     work = dist.all_reduce(x, group=comm.group, async_op=async_op)
-    comm.stats.record(comm.axis, kind, _nbytes(x), _nbytes(x))
-    return _InFlight([work] if async_op else [], x)
+    comm.stats.record(comm.axis, kind, nbytes(x), nbytes(x))
+    return InFlight([work] if async_op else [], x)
 
 
 class _Exchange:
@@ -323,7 +304,7 @@ class _Exchange:
         self.path = path
         self.tag = tag
         self.received: Any = None
-        self.inflight: _InFlight | None = None
+        self.inflight: InFlight | None = None
 
     def previous(self) -> Any:
         """What the previous step sent this layer (waits for it if it is still travelling)."""

@@ -44,6 +44,14 @@ def _comm_worker(rank: int, world_size: int) -> dict:
     outgoing = {p: _message(rank, p) for p in peers if (rank, p) != (1, 0)}
     incoming = {p: _message(p, rank).shape for p in peers if (p, rank) != (1, 0)}
     out["exchange"] = comm.exchange(outgoing, incoming, torch.zeros(()), kind="attn_scope")
+    flight = comm.start_exchange(
+        {p: _message(rank, p) * 1.0 for p in peers},  # temporaries: only the flight holds them
+        {p: _message(p, rank).shape for p in peers},
+        torch.zeros(()),
+        kind="overlapped",
+    )
+    torch.randn(128, 128) @ torch.randn(128, 128)  # work done while the messages are in flight
+    out["started"] = flight.wait()
     out["reduced"] = comm.all_reduce(torch.tensor([rank + 1.0, 10.0 * rank]), kind="groupnorm")
     out["gathered"] = comm.all_gather(torch.tensor([rank], dtype=torch.int64), kind="setup")
     out["stats"] = stats.snapshot()
@@ -96,6 +104,17 @@ def test_exchange_delivers_each_pairs_message_in_one_call(results):
 
 
 @pytest.mark.slow
+def test_started_exchange_delivers_after_work_in_between_and_records_one_call(results):
+    for rank, r in enumerate(results):
+        expected = {p: _message(p, rank) for p in range(WORLD) if p != rank}
+        assert sorted(r["started"]) == sorted(expected)
+        assert all(torch.equal(r["started"][p], t) for p, t in expected.items())
+        sent = sum(_message(rank, p).numel() * 4 for p in expected)
+        received = sum(t.numel() * 4 for t in expected.values())
+        assert r["stats"]["clip"]["overlapped"] == Traffic(1, sent, received)
+
+
+@pytest.mark.slow
 def test_uneven_all_gather_concatenates_in_rank_order(results):
     expected = torch.cat([torch.full((2, n), float(rank)) for rank, n in enumerate([1, 2, 3])], dim=1)
     empty = torch.cat([torch.full((n, 4), float(rank), dtype=torch.float64) for rank, n in enumerate([2, 0, 1])])
@@ -128,7 +147,7 @@ def test_totals_add_up_and_reset_clears(results):
     for r in results:
         kinds = r["stats"]["clip"]
         assert r["total"] == sum(kinds.values(), Traffic())
-        assert r["total"].calls == 6
+        assert r["total"].calls == 7
         assert r["after_reset"] == {}
 
 
