@@ -65,7 +65,6 @@ from parallel.dual_scope import (
     temporal_kv,
     temporal_output,
     temporal_q,
-    temporal_qkv,
 )
 from videogen.errors import ConfigError
 
@@ -273,17 +272,17 @@ class ClipAttnProcessor:
         check_temporal_call(attn, encoder_hidden_states, attention_mask)
         state, comm = self.state, self.state.comm
         if state.config.mode == "exact":
-            q, k, v = temporal_qkv(attn, hidden_states)
-            kv = torch.stack([k, v])  # [2, N, heads, frames, d]: keys and values travel together
-            del k, v
-            kv = comm.all_gather_uneven(kv, 3, state.clip_sizes, "attn_kv")
+            kv = torch.stack(temporal_kv(attn, hidden_states))  # [2, N, heads, frames, d]: K and V travel together
+            keys = comm.start_all_gather_uneven(kv, 3, state.clip_sizes, "attn_kv")
+            del kv
+            q = temporal_q(attn, hidden_states)  # computed while the gather is in flight
             mask = None
         else:
             keys = _DualScopeKeys(state, *temporal_kv(attn, hidden_states))
             q = temporal_q(attn, hidden_states)  # computed while the exchange is in flight
             mask = state.mask(q.dtype, q.device)
-            kv = keys.wait()
-            del keys
+        kv = keys.wait()
+        del keys
         out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask, scale=attn.scale)
         del q, kv
         return temporal_output(attn, out, hidden_states)

@@ -16,14 +16,16 @@ depends on the algorithm the backend picks):
 
 Ranks are neighbours along the axis in group-rank order, with no wrap-around. A halo exchange
 is one ``batch_isend_irecv`` with both neighbours at once (no odd/even phases); ``exchange``
-generalises it to any set of peers, so several patterns can share one call. An axis of size 1,
+generalises it to any set of peers, so several patterns can share one call. ``start_exchange``
+and ``start_all_gather_uneven`` post the same communication and return an :class:`InFlight`,
+so that a caller can compute while it moves and wait only when it needs the result. An axis of size 1,
 including a ``group`` of ``None`` (a single worker without any process group), communicates
 nothing and records nothing, so one code path serves one worker and many.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,17 +125,28 @@ class AxisComm:
         The other dimensions must agree across ranks. Contributions are zero-padded to the
         longest one for the collective and trimmed afterwards.
         """
+        return self.start_all_gather_uneven(tensor, dim, sizes, kind).wait()
+
+    def start_all_gather_uneven(self, tensor: torch.Tensor, dim: int, sizes: list[int], kind: str) -> InFlight:
+        """:meth:`all_gather_uneven`, posted now; :meth:`InFlight.wait` completes it and returns its result."""
         if len(sizes) != self.size or tensor.shape[dim] != sizes[self.rank]:
             raise ValueError(f"sizes {sizes} do not match rank {self.rank}'s length {tensor.shape[dim]}")
         longest = max(sizes)
         if self.size == 1 or longest == 0:
-            return tensor
+            return InFlight([], tensor)
         if tensor.shape[dim] < longest:
             pad_shape = list(tensor.shape)
             pad_shape[dim] = longest - tensor.shape[dim]
             tensor = torch.cat([tensor, tensor.new_zeros(pad_shape)], dim=dim)
-        parts = self.all_gather(tensor, kind)
-        return torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, sizes, strict=True) if n > 0], dim=dim)
+        tensor = tensor.contiguous()
+        parts = [torch.empty_like(tensor) for _ in range(self.size)]
+        work = dist.all_gather(parts, tensor, group=self.group, async_op=True)
+        self.stats.record(self.axis, kind, nbytes(tensor), (self.size - 1) * nbytes(tensor))
+
+        def join(parts: list[torch.Tensor]) -> torch.Tensor:
+            return torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, sizes, strict=True) if n > 0], dim=dim)
+
+        return InFlight([work], parts, (tensor,), finish=join)
 
     def all_reduce(self, tensor: torch.Tensor, kind: str) -> torch.Tensor:
         """Sum ``tensor`` over the axis, in place; returns it."""
@@ -212,17 +225,20 @@ class AxisComm:
 
 @dataclass
 class InFlight:
-    """Communication posted but not yet completed: :meth:`wait` returns ``result`` once the works
-    are done. ``sends`` keeps the outgoing tensors alive until then."""
+    """Communication posted but not yet completed: :meth:`wait` returns ``result`` (passed through
+    ``finish`` when given) once the works are done. ``sends`` keeps the outgoing tensors alive."""
 
     works: list
     result: Any
     sends: tuple = ()
+    finish: Callable[[Any], Any] | None = None
 
     def wait(self) -> Any:
         for work in self.works:
             work.wait()
-        self.works, self.sends = [], ()
+        if self.finish is not None:
+            self.result = self.finish(self.result)
+        self.works, self.sends, self.finish = [], (), None
         return self.result
 
 
