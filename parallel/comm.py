@@ -14,13 +14,14 @@ depends on the algorithm the backend picks):
 - ``halo_exchange`` and ``exchange``: sent = what this rank sends to its peers, received = what
   it receives.
 
-Ranks are neighbours along the axis in group-rank order, with no wrap-around. A halo exchange
-is one ``batch_isend_irecv`` with both neighbours at once (no odd/even phases); ``exchange``
-generalises it to any set of peers, so several patterns can share one call. ``start_exchange``
-and ``start_all_gather_uneven`` post the same communication and return an :class:`InFlight`,
-so that a caller can compute while it moves and wait only when it needs the result. An axis of size 1,
-including a ``group`` of ``None`` (a single worker without any process group), communicates
-nothing and records nothing, so one code path serves one worker and many.
+Ranks are neighbours along the axis in group-rank order, with no wrap-around. A halo exchange is
+one ``batch_isend_irecv`` with both neighbours at once (no odd/even phases); ``exchange``
+generalises it to any set of peers, so several patterns can share one call. The ``start_*``
+variants of the collectives and of ``exchange`` post the same communication and return an
+:class:`InFlight`, so that a caller can compute while it moves and wait only when it needs the
+result. An axis of size 1, including a ``group`` of ``None`` (a single worker without any
+process group), communicates nothing and records nothing, so one code path serves one worker and
+many.
 """
 
 from __future__ import annotations
@@ -111,13 +112,17 @@ class AxisComm:
 
     def all_gather(self, tensor: torch.Tensor, kind: str) -> list[torch.Tensor]:
         """Every rank's ``tensor`` (same shape on all ranks), in group-rank order."""
+        return self.start_all_gather(tensor, kind).wait()
+
+    def start_all_gather(self, tensor: torch.Tensor, kind: str) -> InFlight:
+        """:meth:`all_gather`, posted now; :meth:`InFlight.wait` completes it and returns its result."""
         if self.size == 1:
-            return [tensor]
+            return InFlight([], [tensor])
         tensor = tensor.contiguous()
         out = [torch.empty_like(tensor) for _ in range(self.size)]
-        dist.all_gather(out, tensor, group=self.group)
+        work = dist.all_gather(out, tensor, group=self.group, async_op=True)
         self.stats.record(self.axis, kind, nbytes(tensor), (self.size - 1) * nbytes(tensor))
-        return out
+        return InFlight([work], out, (tensor,))
 
     def all_gather_uneven(self, tensor: torch.Tensor, dim: int, sizes: list[int], kind: str) -> torch.Tensor:
         """Concatenate along ``dim`` every rank's ``tensor``, whose length there is ``sizes[rank]``.
@@ -138,23 +143,25 @@ class AxisComm:
             pad_shape = list(tensor.shape)
             pad_shape[dim] = longest - tensor.shape[dim]
             tensor = torch.cat([tensor, tensor.new_zeros(pad_shape)], dim=dim)
-        tensor = tensor.contiguous()
-        parts = [torch.empty_like(tensor) for _ in range(self.size)]
-        work = dist.all_gather(parts, tensor, group=self.group, async_op=True)
-        self.stats.record(self.axis, kind, nbytes(tensor), (self.size - 1) * nbytes(tensor))
+        flight = self.start_all_gather(tensor, kind)
 
         def join(parts: list[torch.Tensor]) -> torch.Tensor:
             return torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, sizes, strict=True) if n > 0], dim=dim)
 
-        return InFlight([work], parts, (tensor,), finish=join)
+        flight.finish = join
+        return flight
 
     def all_reduce(self, tensor: torch.Tensor, kind: str) -> torch.Tensor:
         """Sum ``tensor`` over the axis, in place; returns it."""
+        return self.start_all_reduce(tensor, kind).wait()
+
+    def start_all_reduce(self, tensor: torch.Tensor, kind: str) -> InFlight:
+        """:meth:`all_reduce`, posted now; :meth:`InFlight.wait` completes it and returns ``tensor``."""
         if self.size == 1:
-            return tensor
-        dist.all_reduce(tensor, group=self.group)
+            return InFlight([], tensor)
+        work = dist.all_reduce(tensor, group=self.group, async_op=True)
         self.stats.record(self.axis, kind, nbytes(tensor), nbytes(tensor))
-        return tensor
+        return InFlight([work], tensor)
 
     def broadcast(self, tensor: torch.Tensor, kind: str, src: int = 0) -> torch.Tensor:
         """Every rank ends with rank ``src``'s ``tensor`` (same shape and dtype on all ranks)."""

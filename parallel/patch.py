@@ -277,26 +277,6 @@ def _neighbour_bands(
     return flight
 
 
-def _all_gather(comm: AxisComm, x: torch.Tensor, kind: str, async_op: bool) -> InFlight:
-    """Every rank's ``x`` in rank order (``result``); accounting as :meth:`AxisComm.all_gather`."""
-    if comm.size == 1:
-        return InFlight([], [x])
-    x = x.contiguous()
-    out = [torch.empty_like(x) for _ in range(comm.size)]
-    work = dist.all_gather(out, x, group=comm.group, async_op=async_op)
-    comm.stats.record(comm.axis, kind, nbytes(x), (comm.size - 1) * nbytes(x))
-    return InFlight([work] if async_op else [], out, (x,))
-
-
-def _all_reduce(comm: AxisComm, x: torch.Tensor, kind: str, async_op: bool) -> InFlight:
-    """The sum of ``x`` over the axis, in place (``result``); accounting as :meth:`AxisComm.all_reduce`."""
-    if comm.size == 1:
-        return InFlight([], x)
-    work = dist.all_reduce(x, group=comm.group, async_op=async_op)
-    comm.stats.record(comm.axis, kind, nbytes(x), nbytes(x))
-    return InFlight([work] if async_op else [], x)
-
-
 class _Exchange:
     """One layer's traffic across steps: what it received last and what is still in flight."""
 
@@ -460,13 +440,13 @@ def _patch_group_norm(norm: nn.GroupNorm, state: PatchState, ex: _Exchange, x: t
     comm = state.comm
     stale = not state.sync and state.config.groupnorm == "stale"
     if not stale:
-        total = _all_reduce(comm, sums.clone(), "groupnorm", False).result
+        total = comm.all_reduce(sums.clone(), "groupnorm")
         if state.keep_for_next and state.config.groupnorm == "stale":
             ex.received = (total, sums)
     else:
         stale_total, stale_own = ex.previous()
         total = stale_total - stale_own + sums
-        flight = _all_reduce(comm, sums.clone(), "groupnorm", True)
+        flight = comm.start_all_reduce(sums.clone(), "groupnorm")
         flight.result = (flight.result, sums)
         ex.inflight = flight
     count = n * comm.size
@@ -514,14 +494,14 @@ class PatchAttnProcessor:
         state, ex, rank = self.state, self.ex, self.state.comm.rank
         full = state.config.full_conditioning
         if state.sync:
-            parts = _all_gather(state.comm, kv, "attn_kv", False).result
+            parts = state.comm.all_gather(kv, "attn_kv")
             if state.keep_for_next:
                 ex.received = parts if full else self._bands_of(parts, dim)
             parts[rank] = kv
             return parts
         stale = ex.previous()
         if full:
-            ex.inflight = _all_gather(state.comm, kv, "attn_kv", True)
+            ex.inflight = state.comm.start_all_gather(kv, "attn_kv")
             return [kv if r == rank else part for r, part in enumerate(stale)]
         rows = band_rows(state.config.portion, kv.shape[dim])
         ex.inflight = _neighbour_bands(state.comm, kv, dim, rows, rows, "attn_band", ex.tag, True)
