@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import sys
 import tempfile
@@ -34,7 +33,16 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import PeakRSS, heap_follows_live_memory, print_table, sequential_worker, target, write_json  # noqa: E402
+from benchlib import (  # noqa: E402
+    PeakRSS,
+    decoded,
+    heap_follows_live_memory,
+    print_table,
+    psnr,
+    sequential_worker,
+    target,
+    write_json,
+)
 
 VIDEO_INFINITY_COLLECTIVES_PER_STEP = 248
 
@@ -111,20 +119,6 @@ def probe(model_dir: str, frames: int, steps: int, mode: str) -> list[dict]:
 
 def _slowest(workers: list[dict]) -> float:
     return max(w["seconds"] for w in workers)
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = torch.mean((a - b) ** 2).item()
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
-def decoded(model_dir: str, latents: torch.Tensor) -> torch.Tensor:
-    from videogen.config import ModelConfig
-    from videogen.decode import decode_chunks
-    from videogen.models.loader import load_bundle
-
-    vae = load_bundle(ModelConfig(path=model_dir)).vae
-    return torch.cat(list(decode_chunks(vae, latents, 8)))
 
 
 def main() -> None:

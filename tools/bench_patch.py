@@ -32,7 +32,7 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import print_table, target, write_json  # noqa: E402
+from benchlib import decoded, print_table, psnr, target, write_json  # noqa: E402
 
 KINDS = ("attn_kv", "attn_band", "conv_halo", "groupnorm", "output")
 
@@ -188,20 +188,6 @@ def speed_rows(model_dir: str, size: int, frames: int, steps: int) -> tuple[list
             }
         )
     return rows, one["seconds"]
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = torch.mean((a - b) ** 2).item()
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
-def decoded(model_dir: str, latents: torch.Tensor) -> torch.Tensor:
-    from videogen.config import ModelConfig
-    from videogen.decode import decode_chunks
-    from videogen.models.loader import load_bundle
-
-    vae = load_bundle(ModelConfig(path=model_dir)).vae
-    return torch.cat(list(decode_chunks(vae, latents, 8)))
 
 
 def error_rows(

@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import print_table, sequential_worker, target, write_json  # noqa: E402
+from benchlib import decode_frames, print_table, psnr, sequential_worker, target, write_json  # noqa: E402
 
 RULES = ("shared", "own")
 
@@ -59,11 +59,6 @@ def ideal_speedup(steps: int, warmup: int, n: int, split: bool = False) -> float
     return steps / ((warmup / 2 if split and n > 1 else warmup) + math.ceil((steps - warmup) / n))
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = torch.mean((a - b) ** 2).item()
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
 class Renders:
     """Single-process renders of one job family on one loaded model, decoded for PSNR."""
 
@@ -87,9 +82,7 @@ class Renders:
         return self._sequential[sampler]
 
     def decoded(self, latents: torch.Tensor) -> torch.Tensor:
-        from videogen.decode import decode_chunks
-
-        return torch.cat(list(decode_chunks(self.bundle.vae, latents, 8)))
+        return decode_frames(self.bundle.vae, latents)
 
     def error(self, sampler: str, n: int, config) -> dict:
         """PSNR (decoded frames, dB) and relative L2 (latents) of ParaStep against the sequential render."""

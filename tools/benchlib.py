@@ -8,6 +8,7 @@ measured.
 from __future__ import annotations
 
 import json
+import math
 import operator
 import os
 import platform
@@ -127,3 +128,24 @@ class PeakRSS:
     @property
     def extra_mib(self) -> float:
         return (self.peak - self.start) / 2**20
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two frame tensors in [0, 1] (infinite when they are equal)."""
+    mse = torch.mean((a - b) ** 2).item()
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def decode_frames(vae, latents: torch.Tensor) -> torch.Tensor:
+    """All frames of ``latents`` decoded by ``vae``, 8 latent frames at a time."""
+    from videogen.decode import decode_chunks
+
+    return torch.cat(list(decode_chunks(vae, latents, 8)))
+
+
+def decoded(model_dir: str, latents: torch.Tensor) -> torch.Tensor:
+    """``latents`` decoded by the VAE of the model folder ``model_dir``."""
+    from videogen.config import ModelConfig
+    from videogen.models.loader import load_bundle
+
+    return decode_frames(load_bundle(ModelConfig(path=model_dir)).vae, latents)
