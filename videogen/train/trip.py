@@ -12,9 +12,10 @@ AdamW on the TNF (lr 2e-4 as in TRIP) and, with ``--train-unet``, on the UNet (l
 the noised clip only: TRIP also concatenates the image latent along the frame axis for its residual
 path, which a text-to-video UNet would first have to learn, so that is left out.
 
-Data: video files (or folders of them), read frame by frame with PyAV, every ``frame_stride``-th frame
-fitted to the size by the ``cover`` policy, cut into consecutive clips of ``frames`` frames. A caption
-is read from a ``.txt`` file beside a video (same stem); without one the caption is empty.
+Data: video files, folders of them and manifests, read by :class:`~videogen.data.video_clips.VideoClipDataset`
+(PyAV): every ``frame_stride``-th frame fitted to the size by the ``cover`` policy, cut into consecutive
+clips of ``frames`` frames, the videos in a fresh shuffled order every pass. A caption is read from a
+``.txt`` file beside a video (same stem) or from the manifest; without one the caption is empty.
 
 Output (``--out``): ``trip_fusion/`` (config.json + diffusion_pytorch_model.safetensors; copy it into a
 model folder and renders find it), ``unet/`` with ``--train-unet``, and ``train_state.json``. Written
@@ -38,16 +39,13 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from videogen.config import ModelConfig
-from videogen.errors import ConfigError, MediaError, VideogenError
+from videogen.data.video_clips import VideoClipDataset
+from videogen.errors import ConfigError, VideogenError
 from videogen.io.atomic import atomic_folder, write_text_atomic
-from videogen.io.image import fit_image
-from videogen.io.video_reader import iter_frames
 from videogen.models.loader import ModelBundle, load_bundle
 from videogen.models.trip_fusion import FUSION_DIRNAME, TemporalNoiseFusion, save_fusion
 from videogen.noise.image_prior import epsilon_prior
 from videogen.prompts import encode_texts
-
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 
 
 @dataclass
@@ -106,54 +104,15 @@ def check_config(cfg: TrainConfig) -> None:
 # -- data ---------------------------------------------------------------------------------------
 
 
-def find_videos(paths: Sequence[str | Path]) -> list[Path]:
-    """The video files named, and those (recursively) inside named folders, sorted."""
-    found: list[Path] = []
-    for item in paths:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()))
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise MediaError(f"--data: {path} does not exist")
-    if not found:
-        raise MediaError(f"--data: no video files ({', '.join(VIDEO_SUFFIXES)}) in {', '.join(map(str, paths))}")
-    return found
+def open_dataset(cfg: TrainConfig, data: Sequence[str | Path] | None = None) -> VideoClipDataset:
+    """The clips ``cfg`` asks for, of ``data`` (default ``cfg.data``), decoded with PyAV."""
+    sources = cfg.data if data is None else data
+    return VideoClipDataset(sources, cfg.frames, cfg.frame_stride, cfg.width, cfg.height, backend="pyav")
 
 
-def caption_for(video: Path) -> str:
-    """The text of ``<video stem>.txt`` beside the video, or an empty caption."""
-    text = video.with_suffix(".txt")
-    return text.read_text().strip() if text.is_file() else ""
-
-
-def iter_clips(video: Path, frames: int, stride: int, width: int, height: int) -> Iterator[np.ndarray]:
-    """Consecutive clips ``(frames, height, width, 3)`` uint8 of every ``stride``-th frame, streamed."""
-    window: list[np.ndarray] = []
-    for index, frame in enumerate(iter_frames(video)):
-        if index % stride:
-            continue
-        window.append(fit_image(frame, width, height, "cover"))
-        if len(window) == frames:
-            yield np.stack(window)
-            window = []
-
-
-def clip_stream(videos: list[Path], cfg: TrainConfig, rng: random.Random) -> Iterator[tuple[np.ndarray, str]]:
-    """(clip, caption) forever: the videos in a fresh shuffled order every pass."""
-    while True:
-        order = list(videos)
-        rng.shuffle(order)
-        produced = 0
-        for video in order:
-            caption = caption_for(video)
-            for clip in iter_clips(video, cfg.frames, cfg.frame_stride, cfg.width, cfg.height):
-                produced += 1
-                yield clip, caption
-        if produced == 0:
-            needed = (cfg.frames - 1) * cfg.frame_stride + 1
-            raise MediaError(f"--data: no video has the {needed} frames one clip needs (--frames x --frame-stride)")
+def clip_stream(videos: Sequence[str | Path], cfg: TrainConfig, rng: random.Random) -> Iterator[tuple[np.ndarray, str]]:
+    """(clip, caption) forever: every consecutive clip of each video, in a fresh shuffled order every pass."""
+    return open_dataset(cfg, videos).stream(rng, mode="sequential")
 
 
 # -- model pieces -------------------------------------------------------------------------------
@@ -228,7 +187,9 @@ def _checkpoint(cfg: TrainConfig, fusion, unet, step: int, losses: list[float]) 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     """Run ``cfg.steps`` optimiser steps and write the checkpoints; returns the per-step losses."""
     check_config(cfg)
-    videos = find_videos(cfg.data)
+    dataset = open_dataset(cfg)
+    if dataset.uncaptioned:
+        log(f"{len(dataset.uncaptioned)} of {len(dataset)} videos have no caption (they train with an empty one)")
     bundle = load_bundle(ModelConfig(path=cfg.model, device=cfg.device, dtype=cfg.dtype))
     multiple = bundle.size_multiple
     if cfg.width % multiple or cfg.height % multiple:
@@ -242,7 +203,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         groups.append({"params": list(bundle.unet.parameters()), "lr": cfg.lr_unet})
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
     generator = torch.Generator().manual_seed(cfg.seed)
-    clips = clip_stream(videos, cfg, random.Random(cfg.seed))
+    clips = dataset.stream(random.Random(cfg.seed), mode="sequential")
     losses: list[float] = []
     started = time.perf_counter()
     trainable = [p for group in groups for p in group["params"]]
@@ -280,7 +241,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     d = TrainConfig(model="", data=[], out="")
     parser.add_argument("--model", required=True, help="diffusers-format model folder, or 'tiny'")
-    parser.add_argument("--data", required=True, nargs="+", help="video files and/or folders of videos")
+    parser.add_argument("--data", required=True, nargs="+", help="videos, folders of them, manifests (.jsonl/.csv)")
     parser.add_argument("--out", required=True, help="output folder (trip_fusion/, unet/, train_state.json)")
     parser.add_argument("--frames", type=int, default=d.frames, help=f"frames per clip (default {d.frames})")
     parser.add_argument("--frame-stride", type=int, default=d.frame_stride, help="take every n-th video frame")
