@@ -112,15 +112,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_warp_noise(sub)
 
+    from videogen.train.cli import register as register_train
     from videogen.train.trip import register as register_train_trip
 
+    register_train(sub)
     register_train_trip(sub)
     return parser
 
 
+def parse_command_line(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``; ``key=value`` overrides may also come after the flags (``--resume x.y=1``)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(item.startswith("-") or "=" not in item for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _quiet_libraries()
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(argv)
     try:
         return args.handler(args)
     except VideogenError as error:

@@ -274,7 +274,7 @@ def _leaf_keys(config: Any, prefix: str = "") -> set[str]:
 class LoadedJob:
     """A validated job and where each of its keys came from (for error messages)."""
 
-    config: JobConfig
+    config: Any
     source: str
     file_keys: set[str]
     override_keys: set[str]
@@ -286,10 +286,20 @@ class LoadedJob:
             return self.source
         return "defaults"
 
+    def fail_on(self, problems: list[tuple[str, str]]) -> None:
+        """Raise one :class:`ConfigError` for the first (key, what is wrong), naming where the key came from."""
+        if problems:
+            key, message = problems[0]
+            raise ConfigError(f"{self.origin(key)}: {key}: {message}")
 
-def load_job(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> LoadedJob:
-    """Merge defaults, the job YAML (if any) and overrides; validate; return the typed job."""
-    merged: DictConfig = OmegaConf.structured(JobConfig)
+
+def load_layers(schema: type, path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> LoadedJob:
+    """Merge ``schema``'s defaults, a YAML file (if any) and ``key=value`` overrides into a typed object.
+
+    Unknown keys, wrong types and missing required values are one :class:`ConfigError` naming the key;
+    the caller validates the values (:meth:`LoadedJob.fail_on`).
+    """
+    merged: DictConfig = OmegaConf.structured(schema)
     source = str(path) if path is not None else "defaults"
     file_keys: set[str] = set()
     if path is not None:
@@ -302,14 +312,19 @@ def load_job(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (
         override_keys |= _leaf_keys(layer)
         merged = _merge_layer(merged, layer, f"command line ({item})")
     try:
-        job = OmegaConf.to_object(merged)
+        config = OmegaConf.to_object(merged)
     except MissingMandatoryValue as error:
         key = getattr(error, "full_key", "?")
-        raise ConfigError(f"{source}: {key}: a value is required (set it in the job file or as {key}=...)") from None
+        raise ConfigError(f"{source}: {key}: a value is required (set it in the file or as {key}=...)") from None
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "?"
         raise ConfigError(f"{source}: {key}: {_first_line(error)}") from None
-    loaded = LoadedJob(job, source, file_keys, override_keys)
+    return LoadedJob(config, source, file_keys, override_keys)
+
+
+def load_job(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> LoadedJob:
+    """Merge defaults, the job YAML (if any) and overrides; validate; return the typed job."""
+    loaded = load_layers(JobConfig, path, overrides)
     validate_job(loaded)
     return loaded
 
@@ -420,10 +435,7 @@ def _schedule_gaps(schedule: list[PromptSegment], num_frames: int) -> list[tuple
 
 
 def validate_job(loaded: LoadedJob) -> None:
-    problems = _problems(loaded.config)
-    if problems:
-        key, message = problems[0]
-        raise ConfigError(f"{loaded.origin(key)}: {key}: {message}")
+    loaded.fail_on(_problems(loaded.config))
 
 
 def resolve_seed(job: JobConfig) -> int:

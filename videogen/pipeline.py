@@ -33,7 +33,6 @@ from videogen.io.writer import open_sink
 from videogen.models.attention import check_backend, set_attention_backend
 from videogen.models.frame_context import FrameContext, install_frame_context
 from videogen.models.loader import DTYPES, ModelBundle, load_bundle, resolve_device
-from videogen.models.tiny import ensure_tiny_model
 from videogen.models.trip_fusion import load_fusion
 from videogen.noise.gaussian import video_noise
 from videogen.noise.i2v_spec import prior_schedule, resolve_fusion
@@ -138,8 +137,7 @@ def image_prior(
     start = i2v_start_index(job.sampler.steps, spec.strength)
     fresh = initial_noise(job, seed, slot_frames(job, slot), bundle).to(bundle.device)
     latents = i2v_initial_latents(z0, fresh, scheduler, start)
-    root = ensure_tiny_model() if job.model.path == "tiny" else job.model.path
-    fusion_dir = resolve_fusion(spec, root)
+    fusion_dir = resolve_fusion(spec, job.model.path)
     fusion = load_fusion(fusion_dir, bundle.latent_channels, bundle.device) if fusion_dir else None
     return latents, start, ImagePriorHook(z0, prior_schedule(spec), fusion)
 

@@ -22,7 +22,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from videogen.config import ModelConfig
 from videogen.errors import ModelLoadError
-from videogen.models.tiny import ensure_tiny_model
+from videogen.models.bundled import model_root
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -81,7 +81,7 @@ def component_dir(cfg: ModelConfig, component: str) -> Path | str:
     override = getattr(cfg, component)
     key = f"model.{component}" if override else "model.path"
     base = override or cfg.path
-    root = ensure_tiny_model() if base == "tiny" else Path(base).expanduser()
+    root = model_root(base)
     if not root.exists():
         if _HUB_ID.match(str(base)):
             return str(base)

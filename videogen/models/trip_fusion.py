@@ -162,13 +162,11 @@ def is_fusion_module(folder: str | Path) -> bool:
 def find_fusion_module(model_dir: str | Path) -> Path | None:
     """``<model_dir>/trip_fusion`` when it holds a trained module, else None.
 
-    ``model_dir`` may also be the fusion folder itself, or ``tiny`` (the bundled tiny model).
+    ``model_dir`` may also be the fusion folder itself, or a bundled model's name (``tiny``, ``shapes``).
     """
-    if str(model_dir) == "tiny":
-        from videogen.models.tiny import ensure_tiny_model
+    from videogen.models.bundled import model_root
 
-        model_dir = ensure_tiny_model()
-    folder = Path(model_dir).expanduser()
+    folder = model_root(str(model_dir))
     for candidate in (folder / FUSION_DIRNAME, folder):
         if is_fusion_module(candidate):
             return candidate

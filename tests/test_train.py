@@ -1,0 +1,204 @@
+"""`videogen train`: each stage lowers its loss, writes a model the renderer loads, and resumes exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from videogen.cli import main
+from videogen.config import ModelConfig, load_job
+from videogen.errors import ConfigError
+from videogen.models.loader import load_bundle
+from videogen.noise.flow import resize_flow
+from videogen.noise.warp import flow_correlation
+from videogen.pipeline import render
+from videogen.train.batches import ShapesSource
+from videogen.train.config import load_train_job
+from videogen.train.loop import SingleWorker
+from videogen.train.run import JobRunner, train_job
+from videogen.train.stages import unet_draws
+
+TINY = [
+    "data.width=32",
+    "data.height=32",
+    "data.frames=4",
+    "model.architecture.vae_channels=[8,8]",
+    "model.architecture.unet_channels=[8,16]",
+    "model.architecture.norm_groups=4",
+    "model.architecture.text_dim=16",
+    "model.architecture.text_heads=2",
+    "model.architecture.attention_head_dim=4",
+    "threads=1",
+    "vae.batch_size=8",
+    "unet.batch_size=2",
+    "trip.batch_size=2",
+    "trip.dim=16",
+    "trip.heads=2",
+]
+
+
+def tiny_job(out: Path, *overrides: str):
+    return load_train_job(None, [f"out={out}", *TINY, *overrides]).config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short run of all three stages, shared by the tests that only read its output."""
+    out = tmp_path_factory.mktemp("train") / "model"
+    job = tiny_job(out, "vae.steps=40", "vae.lr=3e-3", "unet.steps=30", "unet.lr=2e-3", "trip.steps=8")
+    return job, train_job(job, progress=False)
+
+
+def _objective_loss(job, stage: str, indices: list[int]) -> float:
+    runner = JobRunner(job, SingleWorker(), resume=True, progress=False, log=lambda _: None)
+    run = getattr(runner, f"{stage}_stage")()
+    with torch.no_grad():
+        return float(run.objective(indices))
+
+
+def test_every_stage_lowers_its_loss_on_held_out_samples(trained, tmp_path):
+    job, result = trained
+    assert set(result.stages) == {"vae", "unet", "trip"}
+    held_out = list(range(10**6, 10**6 + 8))
+    fresh = tiny_job(tmp_path / "fresh", "stages=[vae]")
+    before = _objective_loss(fresh, "vae", held_out)
+    after_job = tiny_job(Path(job.out), "model.init=" + job.out)
+    after = _objective_loss(after_job, "vae", held_out)
+    assert after < 0.5 * before, (before, after)
+    for stage in ("unet", "trip"):
+        losses = result.stages[stage].losses
+        assert np.isfinite(losses).all()
+    unet = result.stages["unet"].losses
+    assert np.mean(unet[-10:]) < np.mean(unet[:3]), unet
+
+
+def test_the_output_folder_is_a_model_the_renderer_loads(trained, tmp_path):
+    job, _ = trained
+    out = Path(job.out)
+    for part in ("model_index.json", "vae", "unet", "text_encoder", "tokenizer", "scheduler", "trip_fusion"):
+        assert (out / part).exists(), part
+    assert not list(out.rglob("*.bin"))
+    assert (out / "train" / "loss_unet.png").stat().st_size > 1000
+    bundle = load_bundle(ModelConfig(path=str(out)))
+    assert bundle.vae.config.scaling_factor != pytest.approx(0.18215)
+    video = tmp_path / "clip.mp4"
+    loaded = load_job(
+        None,
+        [
+            f"model.path={out}",
+            "prompts.text=a red circle moving right",
+            "video.width=32",
+            "video.height=32",
+            "video.num_frames=4",
+            "sampler.steps=2",
+            f"output.path={video}",
+        ],
+    )
+    result = render(loaded.config, progress=False)
+    assert result.output.is_file() and result.frames == 4
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    overrides = ("stages=[vae,unet]", "vae.steps=3", "unet.steps=6", "unet.checkpoint_every=3", "unet.lr=1e-3")
+    whole = tiny_job(tmp_path / "whole", *overrides)
+    train_job(whole, progress=False)
+
+    class Interrupted(Exception):
+        pass
+
+    class StopAfter(SingleWorker):
+        """Runs normally until the unet objective's fifth call, then fails like a killed run."""
+
+        calls = 0
+
+        def wrap(self, module):
+            if type(module).__name__ != "UnetObjective":
+                return module
+
+            def call(indices):
+                StopAfter.calls += 1
+                if StopAfter.calls == 5:
+                    raise Interrupted
+                return module(indices)
+
+            return call
+
+    cut = tiny_job(tmp_path / "cut", *overrides)
+    with pytest.raises(Interrupted):
+        train_job(cut, progress=False, workers=StopAfter())
+    with pytest.raises(ConfigError, match="--resume"):
+        train_job(cut, progress=False)
+    resumed = train_job(cut, progress=False, resume=True)
+    assert resumed.stages["unet"].start_step == 3
+    a = torch.load(tmp_path / "whole" / "train" / "unet.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "train" / "unet.pt", weights_only=True)
+    assert a["losses"] == b["losses"]
+    for name in a["model"]:
+        for key, value in a["model"][name].items():
+            assert torch.equal(value, b["model"][name][key]), (name, key)
+            assert torch.equal(a["ema"][name][key], b["ema"][name][key]), (name, key)
+
+
+def test_warped_noise_is_standard_normal_and_follows_the_clip_flow(tmp_path):
+    job = tiny_job(
+        tmp_path / "m",
+        "data.width=64",
+        "data.height=64",
+        "data.frames=6",
+        "data.world.pan=1.0",
+        "unet.warped_fraction=1.0",
+        "unet.degradation=[0.0,0.0]",
+        "model.architecture.vae_channels=[8,8,8]",
+    )
+    batch = ShapesSource(job.data).clip_batch(list(range(12)))
+    _, _, noise = unet_draws(job, list(range(12)), (4, 6, 16, 16), (batch.flow_forward, batch.flow_backward), 1000)
+    values = noise.double()
+    assert abs(float(values.mean())) < 0.03 and abs(float(values.var()) - 1.0) < 0.05
+    correlations = []
+    for j in range(12):
+        for t in range(5):
+            backward = resize_flow(torch.from_numpy(batch.flow_backward[j, t]), (16, 16))
+            correlations.append(flow_correlation(noise[j, :, t], noise[j, :, t + 1], backward))
+    assert np.mean(correlations) > 0.6, np.mean(correlations)
+    gaussian = tiny_job(tmp_path / "g", "data.frames=6", "unet.warped_fraction=0.0")
+    _, _, plain = unet_draws(gaussian, list(range(12)), (4, 6, 16, 16), None, 1000)
+    pairs = [torch.stack([plain[j, :, 0].flatten(), plain[j, :, 1].flatten()]) for j in range(12)]
+    assert abs(np.mean([float(torch.corrcoef(p)[0, 1]) for p in pairs])) < 0.1
+
+
+def test_training_job_mistakes_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"command line: vae.steps: must be >= 1"):
+        load_train_job(None, [f"out={tmp_path}", "vae.steps=0"])
+    with pytest.raises(ConfigError, match=r"stages"):
+        load_train_job(None, [f"out={tmp_path}", "stages=[vae,decoder]"])
+    with pytest.raises(ConfigError, match=r"unet.degradation"):
+        load_train_job(None, [f"out={tmp_path}", "unet.degradation=[0.8,0.2]"])
+    with pytest.raises(ConfigError, match=r"model.init: model folder /nonexistent"):
+        load_train_job(None, [f"out={tmp_path}", "model.init=/nonexistent"])
+    with pytest.raises(ConfigError, match=r"data.bogus"):
+        load_train_job(None, [f"out={tmp_path}", "data.bogus=1"])
+    job = tiny_job(tmp_path / "m", "stages=[unet]")
+    with pytest.raises(ConfigError, match="needs a trained vae"):
+        train_job(job, progress=False)
+
+
+def test_the_train_command_reports_each_stage(tmp_path, capsys):
+    code = main(
+        [
+            "train",
+            "configs/train_shapes.yaml",
+            f"out={tmp_path / 'm'}",
+            *TINY,
+            "stages=[vae]",
+            "vae.steps=2",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "vae: 2 steps" in out and "render it with model.path=" in out
+    assert main(["train", "configs/train_shapes.yaml", f"out={tmp_path / 'm'}", "vae.steps=-1"]) == 2
+    assert "vae.steps" in capsys.readouterr().err

@@ -1,0 +1,237 @@
+"""``videogen train``: run a training job's stages in order and write a diffusers-format model folder.
+
+The output folder is a model the renderer loads as it is (``model.path: OUT``): ``model_index.json``,
+``tokenizer/`` and ``scheduler/`` are written first, then each stage replaces its components
+(``vae/``; ``unet/`` + ``text_encoder/``; ``trip_fusion/``) with its EMA weights at every checkpoint,
+each folder atomically, in safetensors only. ``OUT/train/`` holds each stage's resumable state
+(``<stage>.pt``, read with ``weights_only=True``) and its loss curve (``loss_<stage>.png``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet3DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from videogen.config import ModelConfig
+from videogen.errors import ConfigError
+from videogen.io.atomic import atomic_folder, write_text_atomic
+from videogen.models.loader import component_dir, resolve_device
+from videogen.models.trip_fusion import FUSION_DIRNAME, TemporalNoiseFusion, find_fusion_module, load_fusion
+from videogen.train.architecture import new_scheduler, new_text_encoder, new_unet, new_vae, word_tokenizer
+from videogen.train.batches import ShapesSource
+from videogen.train.config import TrainJob
+from videogen.train.loop import SingleWorker, StageResult, StageRun, Workers, run_stage
+from videogen.train.stages import TripObjective, UnetObjective, VaeObjective, latent_scale
+
+MODEL_INDEX = {
+    "_class_name": "TextToVideoSDPipeline",
+    "_diffusers_version": "0.42.1",
+    "scheduler": ["diffusers", "DDIMScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet3DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    stages: dict[str, StageResult] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def data_source(job: TrainJob):
+    if job.data.source == "shapes":
+        return ShapesSource(job.data)
+    from videogen.train.video_source import VideoSource
+
+    return VideoSource(job.data)
+
+
+def save_component(module: torch.nn.Module, folder: Path, dtype: torch.dtype) -> None:
+    """``save_pretrained`` a copy of ``module`` in ``dtype`` (safetensors) to ``folder``, atomically."""
+    copy_ = copy.deepcopy(module).to(dtype)
+    with atomic_folder(folder) as staging:
+        copy_.save_pretrained(staging, safe_serialization=True)
+
+
+def _init_path(job: TrainJob, component: str) -> Path | None:
+    if job.model.init is None:
+        return None
+    return Path(component_dir(ModelConfig(path=job.model.init), component))
+
+
+def _existing(out: Path, job: TrainJob, component: str) -> Path | None:
+    """The folder to take a frozen ``component`` from: this run's output, else ``model.init``'s."""
+    if (out / component / "config.json").is_file():
+        return out / component
+    return _init_path(job, component)
+
+
+class JobRunner:
+    """Builds and loads each stage's modules and runs the stages on one worker of ``workers``."""
+
+    def __init__(self, job: TrainJob, workers: Workers, resume: bool, progress: bool, log: Callable[[str], None]):
+        self.job, self.workers, self.resume, self.progress, self.log = job, workers, resume, progress, log
+        self.out = Path(job.out).expanduser()
+        self.device = resolve_device(job.device)
+        self.dtype = SAVE_DTYPES[job.save_dtype]
+        self.source = data_source(job)
+
+    # -- the folder -------------------------------------------------------------------------------
+
+    def prepare_folder(self) -> None:
+        if self.workers.rank != 0:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not (self.out / "tokenizer").is_dir():
+            init = _init_path(self.job, "tokenizer")
+            if init is not None:
+                tokenizer = CLIPTokenizer.from_pretrained(str(init))
+            else:
+                arch = self.job.model.architecture
+                tokenizer = word_tokenizer(list(arch.words) or self.source.words(), arch.max_tokens)
+            with atomic_folder(self.out / "tokenizer") as staging:
+                tokenizer.save_pretrained(staging)
+        if not (self.out / "scheduler").is_dir():
+            init = _init_path(self.job, "scheduler")
+            scheduler = DDIMScheduler.from_pretrained(str(init)) if init is not None else new_scheduler()
+            with atomic_folder(self.out / "scheduler") as staging:
+                scheduler.save_pretrained(staging)
+        write_text_atomic(self.out / "model_index.json", json.dumps(MODEL_INDEX, indent=2) + "\n")
+
+    def tokenizer(self) -> CLIPTokenizer:
+        return CLIPTokenizer.from_pretrained(str(self.out / "tokenizer"))
+
+    def scheduler(self) -> DDPMScheduler:
+        return DDPMScheduler.from_pretrained(str(self.out / "scheduler"))
+
+    def frozen(self, cls, component: str, needed_by: str):
+        folder = _existing(self.out, self.job, component)
+        if folder is None:
+            raise ConfigError(
+                f"stages: the {needed_by} stage needs a trained {component}: "
+                f"list its stage before {needed_by}, or set model.init to a model folder that has one"
+            )
+        kwargs = {"dtype": torch.float32} if cls is CLIPTextModel else {"torch_dtype": torch.float32}
+        return cls.from_pretrained(str(folder), use_safetensors=True, **kwargs).to(self.device).requires_grad_(False)
+
+    def initial(self, cls, component: str, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+        """A stage's starting weights: ``model.init``'s component, else a new one (seeded: equal on every rank)."""
+        folder = _init_path(self.job, component)
+        if folder is not None:
+            kwargs = {"dtype": torch.float32} if cls is CLIPTextModel else {"torch_dtype": torch.float32}
+            return cls.from_pretrained(str(folder), use_safetensors=True, **kwargs).to(self.device)
+        torch.manual_seed(self.job.seed)
+        return build().to(self.device)
+
+    # -- stages ----------------------------------------------------------------------------------
+
+    def vae_stage(self) -> StageRun:
+        vae = self.initial(AutoencoderKL, "vae", lambda: new_vae(self.job.model.architecture))
+        probe = self.source.frame_batch(list(range(10**9, 10**9 + 64)))
+
+        def save(ema: dict[str, torch.nn.Module]) -> None:
+            ema["vae"].register_to_config(scaling_factor=latent_scale(ema["vae"], probe))
+            save_component(ema["vae"], self.out / "vae", self.dtype)
+
+        return StageRun("vae", {"vae": vae}, VaeObjective(vae, self.source, self.job), save)
+
+    def unet_stage(self) -> StageRun:
+        arch = self.job.model.architecture
+        tokenizer = self.tokenizer()
+        text_encoder = self.initial(CLIPTextModel, "text_encoder", lambda: new_text_encoder(arch, tokenizer))
+        unet = self.initial(UNet3DConditionModel, "unet", lambda: new_unet(arch))
+        for module in unet.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = self.job.unet.dropout
+        vae = self.frozen(AutoencoderKL, "vae", "unet")
+        modules: dict[str, torch.nn.Module] = {"unet": unet}
+        if self.job.unet.train_text_encoder:
+            modules["text_encoder"] = text_encoder
+        else:
+            text_encoder.requires_grad_(False)
+        objective = UnetObjective(unet, text_encoder, tokenizer, vae, self.scheduler(), self.source, self.job)
+
+        def save(ema: dict[str, torch.nn.Module]) -> None:
+            save_component(ema["unet"], self.out / "unet", self.dtype)
+            save_component(ema.get("text_encoder", text_encoder), self.out / "text_encoder", self.dtype)
+
+        return StageRun("unet", modules, objective, save)
+
+    def trip_stage(self) -> StageRun:
+        section = self.job.trip
+        existing = find_fusion_module(self.job.model.init) if self.job.model.init else None
+        if existing is not None:
+            fusion = load_fusion(existing, device=self.device).requires_grad_(True)
+        else:
+            torch.manual_seed(self.job.seed)
+            fusion = TemporalNoiseFusion(
+                channels=self.job.model.architecture.latent_channels,
+                dim=section.dim,
+                heads=section.heads,
+                patch_size=section.patch_size,
+                frame_horizon=self.job.data.frames,
+            ).to(self.device)
+        objective = TripObjective(
+            fusion,
+            self.frozen(UNet3DConditionModel, "unet", "trip"),
+            self.frozen(CLIPTextModel, "text_encoder", "trip"),
+            self.tokenizer(),
+            self.frozen(AutoencoderKL, "vae", "trip"),
+            self.scheduler(),
+            self.source,
+            self.job,
+        )
+
+        def save(ema: dict[str, torch.nn.Module]) -> None:
+            save_component(ema["fusion"], self.out / FUSION_DIRNAME, self.dtype)
+
+        return StageRun("trip", {"fusion": fusion}, objective, save)
+
+    def run(self) -> TrainResult:
+        started = time.perf_counter()
+        self.prepare_folder()
+        self.workers.barrier()  # the other ranks read OUT/tokenizer and OUT/scheduler that rank 0 wrote
+        result = TrainResult(self.out)
+        builders = {"vae": self.vae_stage, "unet": self.unet_stage, "trip": self.trip_stage}
+        for name in self.job.stages:
+            section = getattr(self.job, name)
+            result.stages[name] = run_stage(
+                builders[name](),
+                section,
+                self.out,
+                self.workers,
+                resume=self.resume,
+                seed=self.job.seed,
+                log_every=self.job.log_every,
+                progress=self.progress,
+                log=self.log,
+            )
+            self.workers.barrier()  # the next stage reads the folders this one wrote on rank 0
+        result.seconds = time.perf_counter() - started
+        return result
+
+
+def train_job(
+    job: TrainJob,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    workers: Workers | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Run ``job`` on this process (or as one rank of ``workers``); returns the per-stage losses."""
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    return JobRunner(job, workers or SingleWorker(), resume, progress, log).run()

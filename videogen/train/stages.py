@@ -1,0 +1,183 @@
+"""The three training stages as objectives over global sample indices.
+
+* ``vae``: ``AutoencoderKL`` on single frames, ``L = |x - D(z)|^2 + k KL(q(z|x) || N(0, I))`` with
+  ``z ~ q(z|x)``. Its scaling factor is set to ``1 / std(z)`` over a fixed set of frames, so the
+  diffusion latents have unit variance (as Stable Diffusion's ``0.18215`` does for its VAE).
+* ``unet``: text encoder + ``UNet3DConditionModel``, ``L = |eps - eps_theta(z_t, t, c)|^2`` with
+  ``z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps``. A ``warped_fraction`` of the samples draw ``eps``
+  as Go-with-the-Flow's warped noise along the clip's own flow, degraded by ``gamma ~ U(range)``
+  (Burgert et al., CVPR 2025, Sec. 3.3 "noise degradation"; ``Q <- ((1-g)Q + g Z)/sqrt((1-g)^2+g^2)``);
+  captions are dropped to ``""`` at ``caption_dropout`` for classifier-free guidance.
+* ``trip``: TRIP's Temporal Noise Fusion module on the frozen UNet (:func:`videogen.train.trip.trip_loss`).
+
+Each objective is an ``nn.Module`` whose ``forward(indices)`` returns the batch's mean loss, so a
+data-parallel wrapper can wrap it whole.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, UNet3DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from videogen.models.trip_fusion import TemporalNoiseFusion
+from videogen.noise.flow import resize_flow
+from videogen.noise.warp import NoiseWarper
+from videogen.train.batches import sample_generator
+from videogen.train.config import TrainJob
+from videogen.train.trip import trip_loss
+
+
+def to_pixels(frames: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (..., H, W, 3) to float (N, 3, H, W) in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).reshape(-1, *frames.shape[-3:]).permute(0, 3, 1, 2)
+    return x.to(device=device, dtype=torch.float32) / 127.5 - 1.0
+
+
+class VaeObjective(torch.nn.Module):
+    def __init__(self, vae: AutoencoderKL, source, job: TrainJob) -> None:
+        super().__init__()
+        self.vae, self.source, self.job = vae, source, job
+
+    def forward(self, indices: list[int]) -> torch.Tensor:
+        device = next(self.vae.parameters()).device
+        x = to_pixels(self.source.frame_batch(indices), device)
+        posterior = self.vae.encode(x).latent_dist
+        draws = [
+            torch.randn(posterior.mean.shape[1:], generator=sample_generator(self.job.seed, "vae", i)) for i in indices
+        ]
+        z = posterior.mean + posterior.std * torch.stack(draws).to(device)
+        recon = self.vae.decode(z).sample
+        kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
+        return F.mse_loss(recon, x) + self.job.vae.kl_weight * kl
+
+
+@torch.no_grad()
+def latent_scale(vae: AutoencoderKL, frames: np.ndarray) -> float:
+    """``1 / std`` of the posterior means of ``frames``."""
+    device = next(vae.parameters()).device
+    z = vae.encode(to_pixels(frames, device)).latent_dist.mean
+    return float(1.0 / z.float().std().clamp_min(1e-6))
+
+
+@torch.no_grad()
+def encode_clips(vae: AutoencoderKL, frames: np.ndarray, generators: list[torch.Generator]) -> torch.Tensor:
+    """uint8 (B, F, H, W, 3) to scaled latents (B, C, F, h, w), one posterior sample per clip's generator."""
+    b, f = frames.shape[:2]
+    device = next(vae.parameters()).device
+    posterior = vae.encode(to_pixels(frames, device)).latent_dist
+    shape = (f, *posterior.mean.shape[1:])
+    draws = torch.stack([torch.randn(shape, generator=g) for g in generators]).reshape(b * f, *shape[1:])
+    z = (posterior.mean + posterior.std * draws.to(device)) * vae.config.scaling_factor
+    return z.reshape(b, f, *z.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()
+
+
+def warped_clip_noise(
+    forward: np.ndarray,
+    backward: np.ndarray,
+    shape: tuple[int, int, int, int],
+    seed: int,
+    upsample: int,
+    degradation: float,
+) -> torch.Tensor:
+    """Warped noise (C, F, h, w) along a clip's pixel flows (F-1, 2, H, W), on a grid ``upsample`` x latent."""
+    channels, frames, h, w = shape
+    warper = NoiseWarper(channels, h, w, seed=seed, upsample=upsample, degradation=degradation)
+    grid = warper.grid_size
+    out = [warper.noise()]
+    for t in range(frames - 1):
+        out.append(
+            warper.step(
+                resize_flow(torch.from_numpy(forward[t]), grid), resize_flow(torch.from_numpy(backward[t]), grid)
+            )
+        )
+    return torch.stack(out, dim=1)
+
+
+def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
+    return tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+def unet_draws(
+    job: TrainJob, indices: list[int], latent_shape: tuple[int, ...], flows, num_timesteps: int
+) -> tuple[list[bool], torch.Tensor, torch.Tensor]:
+    """Per sample, from its own generator in a fixed order: keep its caption, its timestep, its noise.
+
+    ``flows`` is ``(forward, backward)`` pixel flows (B, F-1, 2, H, W), or None for Gaussian noise only.
+    """
+    stage, data = job.unet, job.data
+    keep, timesteps, noises = [], [], []
+    for j, index in enumerate(indices):
+        g = sample_generator(job.seed, "unet", index)
+        keep.append(float(torch.rand(1, generator=g)) >= data.caption_dropout)
+        timesteps.append(int(torch.randint(0, num_timesteps, (1,), generator=g)))
+        warped = float(torch.rand(1, generator=g)) < stage.warped_fraction
+        low, high = stage.degradation
+        gamma = low + (high - low) * float(torch.rand(1, generator=g))
+        seed = int(torch.randint(0, 2**62, (1,), generator=g))
+        if warped and flows is not None:
+            noises.append(warped_clip_noise(flows[0][j], flows[1][j], latent_shape, seed, stage.warp_upsample, gamma))
+        else:
+            noises.append(torch.randn(latent_shape, generator=g))
+    return keep, torch.tensor(timesteps), torch.stack(noises)
+
+
+class UnetObjective(torch.nn.Module):
+    def __init__(
+        self,
+        unet: UNet3DConditionModel,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        vae: AutoencoderKL,
+        scheduler: DDPMScheduler,
+        source,
+        job: TrainJob,
+    ) -> None:
+        super().__init__()
+        self.unet, self.text_encoder = unet, text_encoder
+        self.vae = vae.requires_grad_(False).eval()
+        self.tokenizer, self.scheduler, self.source, self.job = tokenizer, scheduler, source, job
+        self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.clone().float(), persistent=False)
+
+    def forward(self, indices: list[int]) -> torch.Tensor:
+        device = next(self.unet.parameters()).device
+        warped = self.job.unet.warped_fraction > 0
+        batch = self.source.clip_batch(indices, flows=warped)
+        generators = [sample_generator(self.job.seed, "unet", i + (1 << 40)) for i in indices]
+        latents = encode_clips(self.vae, batch.frames, generators)
+        flows = (batch.flow_forward, batch.flow_backward) if warped else None
+        keep, timesteps, noise = unet_draws(
+            self.job, indices, tuple(latents.shape[1:]), flows, len(self.alphas_cumprod)
+        )
+        captions = [c if k else "" for c, k in zip(batch.captions, keep, strict=True)]
+        text = self.text_encoder(tokenize(self.tokenizer, captions).to(device))[0]
+        timesteps, noise = timesteps.to(device), noise.to(device)
+        abar = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1, 1)
+        z_t = abar.sqrt() * latents + (1 - abar).sqrt() * noise
+        pred = self.unet(z_t, timesteps, encoder_hidden_states=text).sample
+        return F.mse_loss(pred, noise)
+
+
+class TripObjective(torch.nn.Module):
+    def __init__(self, fusion: TemporalNoiseFusion, unet, text_encoder, tokenizer, vae, scheduler, source, job) -> None:
+        super().__init__()
+        self.fusion = fusion
+        self.unet = unet.requires_grad_(False).eval()
+        self.text_encoder = text_encoder.requires_grad_(False).eval()
+        self.vae = vae.requires_grad_(False).eval()
+        self.tokenizer, self.scheduler, self.source, self.job = tokenizer, scheduler, source, job
+
+    def forward(self, indices: list[int]) -> torch.Tensor:
+        device = next(self.fusion.parameters()).device
+        batch = self.source.clip_batch(indices, flows=False)
+        generators = [sample_generator(self.job.seed, "trip", i) for i in indices]
+        latents = encode_clips(self.vae, batch.frames, generators)
+        timesteps = torch.tensor([int(torch.randint(0, 1000, (1,), generator=g)) for g in generators])
+        noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in generators]).to(device)
+        with torch.no_grad():
+            text = self.text_encoder(tokenize(self.tokenizer, batch.captions).to(device))[0]
+        return trip_loss(self.unet, self.fusion, self.scheduler, latents, text, timesteps.to(device), noise)
