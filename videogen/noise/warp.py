@@ -1,11 +1,12 @@
 """Go-with-the-Flow noise warping (Burgert et al., "Go-with-the-Flow", CVPR 2025, Sec. 3, Algorithm 1).
 
 Each frame keeps a noise image ``q`` (C, H, W) and a flow density ``p`` (H, W). One step moves the
-noise along integer forward/backward flows with a bipartite graph of explicit edges:
+noise along integer forward/backward flows ``f``, ``b`` (how real flows are rounded: "Sub-pixel
+motion" below) with a bipartite graph of explicit edges:
 
-* contraction: every previous pixel ``v`` sends an edge to ``v + round(f(v))`` when it lands inside;
+* contraction: every previous pixel ``v`` sends an edge to ``v + f(v)`` when it lands inside;
 * expansion: every next-frame pixel ``v'`` that received nothing takes an edge from
-  ``v' + round(b(v'))`` when that lies inside;
+  ``v' + b(v')`` when that lies inside;
 * conditional white-noise splitting: a source of out-degree ``d`` gives its edges
   ``X_i = q(v)/d + (Z_i - S/d)/sqrt(d)`` with ``Z ~ N(0, I_d)``, ``S = sum Z`` (so ``X_i ~ N(0, 1/d)``,
   pairwise independent, ``sum X_i = q(v)``);
@@ -13,9 +14,31 @@ noise along integer forward/backward flows with a bipartite graph of explicit ed
   ``p'(v') = sum a``; a pixel that no edge reaches gets fresh N(0, 1) noise and density 1.
 
 If ``q`` is i.i.d. N(0, 1) so is ``q'`` (the paper's Proposition 1). Sources are tracked by index,
-not by grouping equal float values as the reference code does. Sub-pixel motion is kept by warping on
-a grid ``k`` times finer than the output and pooling each k x k block back with ``sum / k`` (the
-block holds k^2 independent unit Gaussians, so the pooled value is again N(0, 1)).
+not by grouping equal float values as the reference code does.
+
+Sub-pixel motion. Rounding each step's flow on its own loses every motion under half a pixel per
+frame (and turns 0.8 pixels per frame into 1). So each pixel also carries a remainder ``r(v)`` in
+R^2, the part of its accumulated motion not yet applied as whole pixels (its noise is, in effect, at
+``v + r(v)``), and the edges above move by whole pixels chosen with it, ``R(x) = floor(x + 1/2)``:
+
+* a contraction edge goes to ``v + R(f(v) + r(v))`` and carries ``f + r - R(f + r)`` (in [-1/2, 1/2));
+* the expansion edge of a hole ``v'`` (from ``s = v' + round(b(v'))``) moves the whole pixels
+  ``-round(b)`` of the motion ``-b(v')`` and so carries ``r(s) + round(b(v')) - b(v')``, clamped to
+  [-1, 1]: the hole's share of ``s`` stays where the noise of ``s`` is, so the pieces of a source
+  stretched over several pixels move together and merge back where they meet instead of drifting
+  into their neighbours (without the clamp, a hole refilled every frame from its own previous piece
+  would let the remainder grow with the distance its source travelled);
+* a next-frame pixel takes the ``alpha``-weighted mean of its incoming contraction edges'
+  remainders (the noise's merge weights), a hole its one expansion edge's, a fresh pixel 0.
+
+A uniform flow ``u`` then moves the noise by exactly ``R(t u)`` whole pixels in ``t`` steps
+(``t R(u)`` without the remainder). The remainders only choose the integer edges; the noise values
+(splits, merges, fresh draws) follow the paper unchanged, so every frame is still exactly i.i.d.
+N(0, 1), and the state is still one frame: (noise, density, remainder).
+
+Warping on a grid ``k`` times finer than the output and pooling each k x k block back with
+``sum / k`` (the block holds k^2 independent unit Gaussians, so the pooled value is again N(0, 1))
+moves the output noise in steps of ``1/k`` output pixel rather than whole pixels.
 """
 
 from __future__ import annotations
@@ -39,6 +62,8 @@ _INIT, _SPLIT, _FRESH, _DEGRADE = 0, 1, 2, 3
 # Densities are kept at mean 1 (the merge is scale invariant) and floored here, so a pixel split
 # every frame for hundreds of frames keeps a tiny but non-zero weight instead of underflowing.
 _MIN_DENSITY = 1e-20
+# A hole's remainder is clamped to this many pixels per axis (module docstring).
+_MAX_HOLE_REMAINDER = 1.0
 
 OFF_FRAME = 1.0e6
 """A flow component that leaves any frame: marks a pixel with no match in the other frame
@@ -51,11 +76,13 @@ class FlowError(MediaError):
 
 @dataclass(frozen=True)
 class WarpResult:
-    """One warp step: next-frame noise (C, H, W), density (H, W) and where fresh noise was drawn."""
+    """One warp step: next-frame noise (C, H, W), density (H, W), where fresh noise was drawn (H, W)
+    and the sub-pixel remainder (2, H, W) of every pixel's motion."""
 
     noise: torch.Tensor
     density: torch.Tensor
     fresh: torch.Tensor
+    remainder: torch.Tensor
 
 
 @contextmanager
@@ -89,18 +116,23 @@ def check_flow(flow: torch.Tensor, size: tuple[int, int], name: str) -> None:
         raise FlowError(f"{name} flow contains NaN or infinite values")
 
 
-def _targets(flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat index of ``v + round(flow(v))`` for every pixel ``v`` (``v`` itself where that leaves the
-    frame) and the mask of moves that stay inside. Indices are computed in int64."""
-    _, h, w = flow.shape
+def _flat_targets(step: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat index of ``v + step(v)`` for every pixel ``v`` of a whole-pixel (2, H, W) ``step`` (``v``
+    itself where that leaves the frame) and the mask of moves that stay inside. Indices are int64."""
+    _, h, w = step.shape
     limit = float(2 * max(h, w))
-    step = flow.round().clamp_(-limit, limit).long()
-    cols = torch.arange(w, device=flow.device)
-    rows = torch.arange(h, device=flow.device)[:, None]
+    step = step.clamp(-limit, limit).long()
+    cols = torch.arange(w, device=step.device)
+    rows = torch.arange(h, device=step.device)[:, None]
     x, y = step[0] + cols, step[1] + rows
     inside = ((x >= 0) & (x < w) & (y >= 0) & (y < h)).reshape(-1)
     own = (rows * w + cols).reshape(-1)
     return torch.where(inside, (y * w + x).reshape(-1), own), inside
+
+
+def _targets(flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_flat_targets` of ``round(flow)`` (nearest pixel, ties to even): the backward look-up."""
+    return _flat_targets(flow.round())
 
 
 def warp_frame(
@@ -109,26 +141,51 @@ def warp_frame(
     forward: torch.Tensor,
     backward: torch.Tensor,
     draw: NoiseDraw,
+    *,
+    remainder: torch.Tensor | None = None,
 ) -> WarpResult:
     """One next-frame warp (paper Algorithm 1) of ``noise`` (C, H, W) with flows in grid pixels.
 
     ``forward`` (2, H, W) maps each previous pixel to the next frame, ``backward`` (2, H, W) maps each
-    next-frame pixel back to the previous frame; both hold (dx, dy) and are rounded to integers.
-    ``draw`` supplies the standard normal samples for split edges and fresh pixels.
+    next-frame pixel back to the previous frame; both hold (dx, dy). ``remainder`` (2, H, W; zero when
+    omitted) is each previous pixel's motion not yet applied: a pixel moves by the whole pixels
+    ``floor(f + r + 1/2)`` and the result's ``remainder`` is the next frame's (module docstring).
+    The backward flow is rounded to the nearest pixel. ``draw`` supplies the standard normal samples
+    for split edges and fresh pixels.
 
     Layout: every previous pixel has one contraction slot (weight 0 when its move leaves the frame);
     each hole (a next-frame pixel no contraction reached) receives exactly one expansion edge, so
     for a hole the merge reduces to ``q'(v') = sqrt(d) X_e`` and ``p'(v') = p(v)/d``.
     """
-    channels, h, w = noise.shape
+    _, h, w = noise.shape
     check_flow(forward, (h, w), "forward")
     check_flow(backward, (h, w), "backward")
+    if remainder is None:
+        remainder = torch.zeros_like(forward)
+    elif tuple(remainder.shape) != (2, h, w) or not bool(torch.isfinite(remainder).all()):
+        raise FlowError(f"remainder must be a finite (2, H, W) = {(2, h, w)} tensor, got {tuple(remainder.shape)}")
+    return _warp_frame(noise, density, forward, backward, draw, remainder.to(forward))
+
+
+def _warp_frame(
+    noise: torch.Tensor,
+    density: torch.Tensor,
+    forward: torch.Tensor,
+    backward: torch.Tensor,
+    draw: NoiseDraw,
+    remainder: torch.Tensor,
+) -> WarpResult:
+    """:func:`warp_frame` on checked flows and a remainder of the flows' dtype."""
+    channels, h, w = noise.shape
     n = h * w
     q, p = noise.reshape(channels, n), density.reshape(n)
 
-    target, moved = _targets(forward)
+    motion = forward + remainder
+    step = (motion + 0.5).floor_()
+    target, moved = _flat_targets(step)
+    back_step = backward.round()
+    source, inside = _flat_targets(back_step)
     hit = noise.new_zeros(n).scatter_add_(0, target, moved.to(noise.dtype)) > 0
-    source, inside = _targets(backward)
     holes = (inside & ~hit).nonzero().squeeze(1)
     src_e = source[holes]
     degree = moved.to(noise.dtype) + torch.bincount(src_e, minlength=n).to(noise.dtype)
@@ -138,6 +195,11 @@ def warp_frame(
     # to that scale, and densities spread over many orders of magnitude then never underflow).
     alpha = torch.where(moved, p / degree.clamp_min(1.0), torch.zeros_like(p))
     new_density = noise.new_zeros(n).scatter_add_(0, target, alpha)
+    # Remainders: the alpha-weighted mean of the contraction edges' leftovers at each target (alpha
+    # itself never underflows: densities are floored at _MIN_DENSITY); 0 where no edge arrives.
+    leftover = motion.sub_(step).reshape(2, n).mul_(alpha.to(motion.dtype))
+    new_remainder = motion.new_zeros(2, n).scatter_add_(1, target.expand(2, -1), leftover)
+    new_remainder /= new_density.clamp_min(1e-30).to(motion.dtype)
     peak = noise.new_zeros(n).scatter_reduce_(0, target, alpha, "amax", include_self=False)
     alpha = alpha / peak[target].clamp_min(1e-30)
     values = q * (alpha / degree.clamp_min(1.0))
@@ -149,6 +211,8 @@ def warp_frame(
     merged *= weight.clamp_min(1e-30).rsqrt()  # pixels no contraction reached hold 0 here
     merged[:, holes] = expanded * deg_e.sqrt()
     new_density[holes] = p[src_e] / deg_e
+    if holes.numel():
+        new_remainder[:, holes] = _hole_remainder(remainder, backward, back_step, holes, src_e)
 
     fresh = ~hit
     fresh[holes] = False
@@ -157,7 +221,19 @@ def warp_frame(
         merged[:, fresh_idx] = draw("fresh", fresh_idx.numel()).to(merged)
         new_density[fresh_idx] = 1.0
     new_density = (new_density / new_density.mean()).clamp_min_(_MIN_DENSITY)
-    return WarpResult(merged.reshape(channels, h, w), new_density.reshape(h, w), fresh.reshape(h, w))
+    return WarpResult(
+        merged.reshape(channels, h, w), new_density.reshape(h, w), fresh.reshape(h, w), new_remainder.reshape(2, h, w)
+    )
+
+
+def _hole_remainder(
+    remainder: torch.Tensor, backward: torch.Tensor, back_step: torch.Tensor, holes: torch.Tensor, src_e: torch.Tensor
+) -> torch.Tensor:
+    """(2, E) remainders the expansion edges carry into the holes: ``r(s) + round(b) - b`` of each hole's
+    backward flow ``b`` and source ``s``, clamped to one pixel per axis (module docstring)."""
+    b = backward.reshape(2, -1)[:, holes]
+    carried = remainder.reshape(2, -1)[:, src_e] + back_step.reshape(2, -1)[:, holes] - b
+    return carried.clamp_(-_MAX_HOLE_REMAINDER, _MAX_HOLE_REMAINDER)
 
 
 def _add_split_noise(
@@ -185,8 +261,8 @@ def _add_split_noise(
     src_m = src_e[multi_e]
     total.index_add_(1, src_m, z_e)
     d_c, d_e = degree[multi_c], degree[src_m]
-    values[:, multi_c] += (z_c - total[:, multi_c] / d_c) * (alpha[multi_c] / d_c.sqrt())
-    expanded[:, multi_e] += (z_e - total.index_select(1, src_m) / d_e) / d_e.sqrt()
+    values.index_add_(1, multi_c, (z_c - total.index_select(1, multi_c) / d_c) * (alpha[multi_c] / d_c.sqrt()))
+    expanded.index_add_(1, multi_e, (z_e - total.index_select(1, src_m) / d_e) / d_e.sqrt())
 
 
 def pool_noise(noise: torch.Tensor, factor: int) -> torch.Tensor:
@@ -206,7 +282,7 @@ def degrade(noise: torch.Tensor, fresh: torch.Tensor, gamma: float) -> torch.Ten
 
 
 class NoiseWarper:
-    """Streaming warper: holds only the current frame's noise and density.
+    """Streaming warper: holds only the current frame's noise, density and sub-pixel remainder.
 
     Frame 0 is ``frame_noise(seed, 0, (C, kH, kW), stream="warp")``; each :meth:`step` advances one
     frame. All random samples of frame ``t`` come from ``frame_noise(seed, t, ..., stream="warp")``
@@ -239,6 +315,7 @@ class NoiseWarper:
         grid = (channels, *self.grid_size)
         self._state = frame_noise(seed, 0, grid, stream="warp", step=_INIT).to(self.device)
         self._density = torch.ones(self.grid_size, device=self.device)
+        self._remainder = torch.zeros(2, *self.grid_size, device=self.device)
         self._fresh = torch.zeros(self.grid_size, dtype=torch.bool, device=self.device)
         self._readout: torch.Tensor | None = None
 
@@ -262,6 +339,11 @@ class NoiseWarper:
         """Flow density of the current frame on the warp grid, normalised to mean 1."""
         return self._density
 
+    @property
+    def remainder(self) -> torch.Tensor:
+        """Sub-pixel motion (2, H, W) of every grid pixel not yet applied as whole pixels (zero for frame 0)."""
+        return self._remainder
+
     def noise(self) -> torch.Tensor:
         """The current frame's noise (C, height, width): pooled to the output size, then degraded."""
         if self._readout is None:
@@ -278,14 +360,16 @@ class NoiseWarper:
         check_flow(backward, self.grid_size, "backward")
         self.frame += 1
         subs = {"split": _SPLIT, "fresh": _FRESH}
-        result = warp_frame(
+        result = _warp_frame(  # the flows were checked above
             self._state,
             self._density,
             forward.to(self.device, torch.float32),
             backward.to(self.device, torch.float32),
             lambda kind, count: self._draw(subs[kind], (self.channels, count)),
+            self._remainder,
         )
         self._state, self._density, self._fresh = result.noise, result.density, result.fresh
+        self._remainder = result.remainder
         self._readout = None
         return self.noise()
 
