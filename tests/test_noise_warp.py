@@ -121,15 +121,17 @@ def test_zero_flow_keeps_the_noise_unchanged():
     assert not bool(warper.fresh_mask.any())
 
 
-def test_subpixel_motion_is_kept_by_the_upsampled_grid():
-    """0.25 output pixels per frame: lost at upsample 1, exactly 2 pixels after 8 frames at upsample 4."""
+def test_subpixel_motion_accumulates_with_or_without_upsampling():
+    """0.25 output pixels per frame: exactly 2 pixels after 8 frames at upsample 1 (the remainder
+    carries it) as at upsample 4 (whole grid pixels)."""
     coarse = NoiseWarper(2, 32, 32, seed=5, upsample=1, degradation=0.0)
     fine = NoiseWarper(2, 32, 32, seed=5, upsample=4, degradation=0.0)
     start_coarse, start_fine = coarse.noise().clone(), fine.noise().clone()
     for _ in range(8):
         coarse.step(*_constant(0.25, 0.0, 32, 32))
         fine.step(*_constant(1.0, 0.0, 128, 128))  # the same motion in grid pixels
-    assert torch.equal(coarse.noise(), start_coarse)
+    # at upsample 1 the 2 columns next to the entering edge mix with the noise entering there
+    assert _shifted_equal(start_coarse[..., 2:], coarse.noise()[..., 2:], 2, 0)
     assert _shifted_equal(start_fine, fine.noise(), 2, 0)
 
 
@@ -229,7 +231,9 @@ def _mean_flow_correlation(degradation: float, flows, frames: int = 8) -> float:
 def test_temporal_correlation_along_the_flow_is_high_and_falls_with_degradation():
     gammas = [0.0, 0.25, 0.5, 0.75, 1.0]
     smooth = [_mean_flow_correlation(g, _smooth_random(8, 3.0)) for g in gammas]
-    assert smooth[0] > 0.8
+    # along the flow rounded frame by frame; with sub-pixel remainders neighbours cross pixel
+    # boundaries on different frames, so this non-rigid flow splits and merges more (0.80 -> 0.65)
+    assert smooth[0] > 0.6
     assert all(a > b for a, b in zip(smooth, smooth[1:], strict=False))
     assert abs(smooth[-1]) < 0.03
     translation = _constant(2, 1)

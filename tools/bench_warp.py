@@ -6,9 +6,10 @@
    ``NoiseWarper.step`` including the pooled read-out. Target: >= 24 frames/s at 512x512, x1.
 2. Gaussianity per flow kind (the paper's Table 1 protocol): over every frame, the worst mean,
    variance, Kolmogorov-Smirnov p-value and Moran's I; the lag-1 correlation along the rounded
-   backward flow at degradation 0, on the warp grid (``corr_grid``) and on the pooled output
-   (``corr_out``: with upsampling the output moves by sub-pixel amounts, so the rounded flow only
-   partly aligns the blocks); and the share of fresh pixels per step.
+   backward flow at degradation 0, on the warp grid (``corr_grid``: each pixel moves by its rounded
+   flow plus its carried sub-pixel remainder, so the flow rounded on its own only partly predicts it)
+   and on the pooled output (``corr_out``: with upsampling the output moves by sub-pixel amounts, so
+   the rounded flow only partly aligns the blocks); and the share of fresh pixels per step.
 
     python tools/bench_warp.py [--quick] [--json bench_warp.json]
 """

@@ -157,7 +157,9 @@ def caption_for(scene: Scene) -> str:
     """The grammar: objects with their motion (shared when equal), then an optional camera clause."""
     objs = scene.objects
     if len(objs) == 2 and (objs[0].direction, objs[0].speed) == (objs[1].direction, objs[1].speed):
-        text = f"{object_phrase(objs[0])} and {object_phrase(objs[1])} {motion_phrase(objs[0].direction, objs[0].speed)}"
+        text = (
+            f"{object_phrase(objs[0])} and {object_phrase(objs[1])} {motion_phrase(objs[0].direction, objs[0].speed)}"
+        )
     else:
         text = " and ".join(f"{object_phrase(o)} {motion_phrase(o.direction, o.speed)}" for o in objs)
     if scene.pan_direction:

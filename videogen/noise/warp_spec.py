@@ -96,7 +96,8 @@ class WarpedNoiseSpec:
     ``source``: which motion drives the warp: ``camera``, ``drag``, ``video`` or ``flow_file``.
     ``degradation``: gamma in [0, 1]; 0 follows the flow exactly, 1 is plain Gaussian noise
     (the paper recommends about 0.5; lower = tighter motion control).
-    ``upsample``: warp on a grid this many times finer than the latent to keep sub-pixel motion.
+    ``upsample``: warp on a grid this many times finer than the latent, so the noise moves in steps of a
+    fraction of a latent pixel (slow motion accumulates at any value through the sub-pixel remainder).
     ``temporal_stride``: motion frames (warp steps) per latent frame; every ``temporal_stride``-th
     warped frame is kept (nearest temporal downsampling, for latents that compress time).
     ``flow_file``: a ``.npy`` or ``.safetensors`` file of flows (layouts in docs/warped_noise.md).
