@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from videogen.checkpoint import (
@@ -246,6 +247,19 @@ def prepare_bundle(job: JobConfig, bundle: ModelBundle | None = None) -> ModelBu
     set_attention_backend(bundle.unet, job.model.attention)
     check_size(job, bundle)
     return bundle
+
+
+def render_frames(job: JobConfig, *, bundle: ModelBundle | None = None, progress: bool = False) -> np.ndarray:
+    """Render ``job`` on this process and return its frames ``(F, H, W, 3)`` uint8, writing nothing.
+
+    The same sampling and decoding as :func:`render`, for evaluation and benchmarks that score frames.
+    """
+    seed = resolve_seed(job)
+    check_inputs(job)
+    bundle = prepare_bundle(job, bundle)
+    latents, _, _ = denoise(job, bundle, seed, WorkerSlot(), progress=progress)
+    chunks = decode_chunks(bundle.vae, latents, job.output.decode_chunk_frames)
+    return np.concatenate([to_uint8(chunk) for chunk in chunks])
 
 
 def render(

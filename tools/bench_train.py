@@ -1,0 +1,149 @@
+"""Training benchmark: throughput of each `videogen train` stage, and what the bundled model renders.
+
+1. Throughput: the stages of ``configs/train_shapes.yaml`` (the bundled model's architecture and
+   batch sizes) for a few steps each in a temporary folder, in samples per second (VAE: frames;
+   UNet and TRIP: clips of ``data.frames`` frames), the first step included.
+2. Prompt adherence of the bundled ``shapes`` model, measured with the synthetic world's own tools
+   (``videogen.data.measure.score_video``: palette segmentation, shape templates, centroid tracks),
+   never by eye: ``N`` renders of single-object captions that cycle through the palette, the shapes
+   and the eight directions, each with its own seed. Figures: the share of videos whose main object
+   has the prompted colour and shape (``colour_shape``), and whose motion is the prompted direction
+   within 22.5 degrees (``direction``).
+
+    python tools/bench_train.py [--quick] [--json bench_train.json] [--model shapes]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from benchlib import machine, print_table, target, write_json  # noqa: E402
+
+from videogen.config import load_job  # noqa: E402
+from videogen.data.measure import score_video  # noqa: E402
+from videogen.data.shapes import DIRECTIONS, PALETTE, SHAPES  # noqa: E402
+from videogen.models.loader import load_bundle  # noqa: E402
+from videogen.pipeline import render_frames  # noqa: E402
+from videogen.train.config import load_train_job  # noqa: E402
+from videogen.train.run import train_job  # noqa: E402
+
+TRAIN_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train_shapes.yaml"
+
+
+def throughput(steps: int) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for stage in ("vae", "unet", "trip"):
+            job = load_train_job(
+                TRAIN_CONFIG,
+                [f"out={tmp}/model", f"stages=[{stage}]", f"{stage}.steps={steps}", f"{stage}.checkpoint_every=0"],
+            ).config
+            result = train_job(job, progress=False, log=lambda _: None).stages[stage]
+            section = getattr(job, stage)
+            unit = "frames" if stage == "vae" else f"clips of {job.data.frames}"
+            rows.append(
+                {
+                    "stage": stage,
+                    "batch": section.batch_size,
+                    "steps": steps,
+                    "s/step": result.seconds / steps,
+                    "samples/s": result.samples / result.seconds,
+                    "unit": unit,
+                }
+            )
+    return rows
+
+
+def prompts(count: int) -> list[str]:
+    """Single-object captions cycling colours, shapes and the moving directions together."""
+    colours, moving = list(PALETTE), [d for d in DIRECTIONS if d != "still"]
+    out = []
+    for i in range(count):
+        colour, shape, direction = colours[i % len(colours)], SHAPES[i % len(SHAPES)], moving[i % len(moving)]
+        article = "an" if colour[0] in "aeiou" else "a"
+        out.append(f"{article} {colour} {shape} moving {direction}")
+    return out
+
+
+def adherence(model: str, count: int, steps: int, frames: int, guidance: float) -> list[dict]:
+    rows, bundle = [], None
+    for i, caption in enumerate(prompts(count)):
+        job = load_job(
+            None,
+            [
+                f"model.path={model}",
+                f"prompts.text={caption}",
+                "video.width=64",
+                "video.height=64",
+                f"video.num_frames={frames}",
+                f"sampler.steps={steps}",
+                f"sampler.guidance_scale={guidance}",
+                f"noise.seed={1000 + i}",
+            ],
+        ).config
+        bundle = bundle or load_bundle(job.model)
+        started = time.perf_counter()
+        video = render_frames(job, bundle=bundle)
+        seconds = time.perf_counter() - started
+        score = score_video(video, caption)
+        rows.append(
+            {
+                "caption": caption,
+                "colour": score.colour_ok,
+                "shape": score.shape_ok,
+                "direction": score.direction_ok,
+                "near": score.direction_near,
+                "velocity": f"({score.velocity[0]:+.2f}, {score.velocity[1]:+.2f})",
+                "s": seconds,
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps and renders (under a minute on 2 cores)")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--model", default="shapes", help="model to score (default: the bundled shapes model)")
+    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale of the renders")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    stage_rows = throughput(steps=2 if args.quick else 5)
+    print_table("training throughput (configs/train_shapes.yaml sizes)", stage_rows)
+    count, steps, frames = (6, 12, 16) if args.quick else (20, 25, 16)
+    render_rows = adherence(args.model, count, steps, frames, args.guidance)
+    print_table(f"{args.model}: {count} renders, {frames} frames 64x64, {steps} DDIM steps", render_rows)
+    colour_shape = sum(r["colour"] and r["shape"] for r in render_rows) / count
+    direction = sum(r["direction"] for r in render_rows) / count
+    near = sum(r["near"] for r in render_rows) / count
+    print(f"\ncolour and shape as prompted: {colour_shape:.0%}; direction: {direction:.0%} (within 45 deg: {near:.0%})")
+    targets = {
+        "colour_shape_rate": target(colour_shape, ">= 0.9"),
+        "direction_rate": target(direction, ">= 0.8"),
+    }
+    results = {
+        "machine": machine(),
+        "quick": args.quick,
+        "model": args.model,
+        "guidance": args.guidance,
+        "stages": stage_rows,
+        "renders": render_rows,
+        "direction_within_45": near,
+    }
+    write_json(args.json, results, targets)
+
+
+if __name__ == "__main__":
+    main()
