@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -202,3 +203,29 @@ def test_the_train_command_reports_each_stage(tmp_path, capsys):
     assert "vae: 2 steps" in out and "render it with model.path=" in out
     assert main(["train", "configs/train_shapes.yaml", f"out={tmp_path / 'm'}", "vae.steps=-1"]) == 2
     assert "vae.steps" in capsys.readouterr().err
+
+
+def test_a_user_video_folder_trains_with_sidecar_captions_and_opencv_flow(tmp_path):
+    from videogen.data.shapes import ShapesWorld, WorldSpec
+    from videogen.io.writer import open_sink
+
+    world = ShapesWorld(WorldSpec(width=32, height=32, frames=10, two_objects=0.0), seed=4)
+    for index in range(2):
+        clip = world.clip(index)
+        with open_sink(tmp_path / "videos" / f"clip{index}.mp4", 8, 18) as sink:
+            sink.write(clip.frames)
+        (tmp_path / "videos" / f"clip{index}.txt").write_text(clip.caption)
+    job = tiny_job(
+        tmp_path / "m",
+        "data.source=videos",
+        f"data.videos=[{tmp_path / 'videos'}]",
+        "stages=[vae,unet]",
+        "vae.steps=2",
+        "unet.steps=2",
+        "unet.warped_fraction=1.0",
+    )
+    result = train_job(job, progress=False)
+    assert len(result.stages["unet"].losses) == 2 and np.isfinite(result.stages["unet"].losses).all()
+    tokenizer = load_bundle(ModelConfig(path=str(tmp_path / "m"))).tokenizer
+    for word in re.findall(r"[a-z]+", world.clip(0).caption):  # the captions' words are whole tokens
+        assert len(tokenizer.tokenize(word)) == 1, word
