@@ -82,3 +82,12 @@ def test_cuda_device_without_cuda_is_a_clear_error(tiny_model_dir):
         pytest.skip("this machine has CUDA")
     with pytest.raises(ModelLoadError, match="no usable CUDA device"):
         load_bundle(ModelConfig(path=str(tiny_model_dir), device="cuda"))
+
+
+def test_the_shapes_name_without_a_bundled_model_says_how_to_make_one(monkeypatch, tmp_path):
+    import videogen.models.bundled as bundled
+    from videogen.errors import ModelLoadError
+
+    monkeypatch.setattr(bundled, "SHAPES_DIR", tmp_path / "absent")
+    with pytest.raises(ModelLoadError, match="shapes: the bundled model is missing.*videogen train"):
+        load_bundle(ModelConfig(path="shapes"))

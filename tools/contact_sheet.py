@@ -1,6 +1,6 @@
 """Write a contact sheet PNG (every n-th frame side by side, one row per video) of rendered videos.
 
-    python tools/contact_sheet.py out/demo.mp4 [more.mp4 ...] --out docs/images/demo.png [--every 4] [--scale 2]
+python tools/contact_sheet.py out/demo.mp4 [more.mp4 ...] --out docs/images/demo.png [--every 4] [--scale 2]
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 * ``tiny``: a random-weight text-to-video model with every part a real checkpoint has, built on
   first use (``videogen.models.tiny``); for tests and plumbing, its videos are noise.
 * ``shapes``: a small text-to-video model trained with ``videogen train configs/train_shapes.yaml``
-  on the synthetic shapes world (``videogen.data.shapes``), shipped inside the package in fp16
-  safetensors with its TRIP fusion module (docs/training.md).
+  on the synthetic shapes world (``videogen.data.shapes``) and copied into the package's
+  ``models/shapes`` folder by ``tools/bundle_model.py`` (fp16 safetensors with its TRIP fusion
+  module; docs/training.md).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def bundled_model_dir(name: str) -> Path | None:
         if not (SHAPES_DIR / "model_index.json").is_file():
             raise ModelLoadError(
                 f"model.path: shapes: the bundled model is missing from this install ({SHAPES_DIR}); "
-                "reinstall videogen, or train it with: videogen train configs/train_shapes.yaml"
+                "train it with `videogen train configs/train_shapes.yaml out=out/shapes` and copy it in with "
+                "`python tools/bundle_model.py out/shapes`"
             )
         return SHAPES_DIR
     return None

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from videogen.config import LoadedJob, load_layers
+from videogen.models.bundled import NAMES as BUNDLED
 from videogen.train.architecture import ArchitectureConfig, architecture_problems
 
 STAGES = ("vae", "unet", "trip")
@@ -51,8 +52,8 @@ class DataSection:
 
 @dataclass
 class ModelSection:
-    """``init``: a diffusers-format folder to fine-tune (any stage starts from its components); when
-    null every component is built new from ``architecture``."""
+    """``init``: a diffusers-format folder (or a bundled model's name) to fine-tune: every stage starts
+    from its components; when null every component is built new from ``architecture``."""
 
     init: str | None = None
     architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
@@ -171,8 +172,9 @@ def train_problems(job: TrainJob) -> list[tuple[str, str]]:
     for key in ("width", "height"):
         if getattr(d, key) < 8 or getattr(d, key) % 8:
             out.append((f"data.{key}", f"{getattr(d, key)} is not a positive multiple of 8"))
-    if d.frames < 2:
-        out.append(("data.frames", f"a clip needs at least 2 frames, got {d.frames}"))
+    if d.frames < 1 or ("trip" in job.stages and d.frames < 2):
+        need = "TRIP needs the image frame and one more" if "trip" in job.stages else "a clip needs a frame"
+        out.append(("data.frames", f"{need}: got {d.frames}"))
     if d.frame_stride < 1:
         out.append(("data.frame_stride", f"must be >= 1, got {d.frame_stride}"))
     if not 0.0 <= d.caption_dropout <= 1.0:
@@ -183,7 +185,7 @@ def train_problems(job: TrainJob) -> list[tuple[str, str]]:
         value = getattr(d.world, key)
         if not 0.0 <= value <= 1.0:
             out.append((f"data.world.{key}", f"is a probability in [0, 1], got {value}"))
-    if job.model.init is not None and not Path(job.model.init).expanduser().is_dir():
+    if job.model.init is not None and job.model.init not in BUNDLED and not Path(job.model.init).expanduser().is_dir():
         out.append(("model.init", f"model folder {job.model.init} does not exist"))
     out += architecture_problems(job.model.architecture)
     for name in STAGES:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -94,6 +95,11 @@ class JobRunner:
         if self.workers.rank != 0:
             return
         self.out.mkdir(parents=True, exist_ok=True)
+        for component in ("vae", "unet", "text_encoder"):  # a fine-tune's folder is a whole model from the start
+            init = _init_path(self.job, component)
+            if init is not None and not (self.out / component).is_dir():
+                with atomic_folder(self.out / component) as staging:
+                    shutil.copytree(init, staging, dirs_exist_ok=True)
         if not (self.out / "tokenizer").is_dir():
             init = _init_path(self.job, "tokenizer")
             if init is not None:
