@@ -229,3 +229,16 @@ def test_a_user_video_folder_trains_with_sidecar_captions_and_opencv_flow(tmp_pa
     tokenizer = load_bundle(ModelConfig(path=str(tmp_path / "m"))).tokenizer
     for word in re.findall(r"[a-z]+", world.clip(0).caption):  # the captions' words are whole tokens
         assert len(tokenizer.tokenize(word)) == 1, word
+
+
+def test_a_fine_tune_folder_is_a_whole_model_before_its_first_step(trained, tmp_path):
+    job, _ = trained
+    tune = tiny_job(tmp_path / "tune", f"model.init={job.out}", "stages=[trip]")
+    JobRunner(tune, SingleWorker(), resume=False, progress=False, log=lambda _: None).prepare_folder()
+    assert load_bundle(ModelConfig(path=str(tmp_path / "tune"))).unet is not None
+
+
+def test_single_frame_clips_are_for_image_stages_only(tmp_path):
+    assert load_train_job(None, [f"out={tmp_path}", "data.frames=1", "stages=[vae,unet]"]).config.data.frames == 1
+    with pytest.raises(ConfigError, match="data.frames: TRIP needs the image frame and one more"):
+        load_train_job(None, [f"out={tmp_path}", "data.frames=1"])

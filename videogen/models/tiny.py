@@ -37,6 +37,17 @@ class TinySpec:
 
 DEFAULT_SPEC = TinySpec()
 
+MODEL_INDEX = {
+    "_class_name": "TextToVideoSDPipeline",
+    "_diffusers_version": "0.42.1",
+    "scheduler": ["diffusers", "DDIMScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "unet": ["diffusers", "UNet3DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+}
+"""``model_index.json`` of a diffusers text-to-video folder (UNet3D, KL VAE, CLIP text encoder, DDIM)."""
+
 
 def tiny_tokenizer(max_tokens: int = DEFAULT_SPEC.max_tokens) -> CLIPTokenizer:
     """A byte-level CLIP tokenizer with no merges: one token per character, built in memory."""
@@ -129,16 +140,7 @@ def write_tiny_model(path: str | os.PathLike, seed: int = 0, spec: TinySpec = DE
         tiny_text_encoder(tokenizer, spec, seed).save_pretrained(staging / "text_encoder", safe_serialization=True)
         tokenizer.save_pretrained(staging / "tokenizer")
         tiny_scheduler().save_pretrained(staging / "scheduler")
-        index = {
-            "_class_name": "TextToVideoSDPipeline",
-            "_diffusers_version": "0.42.1",
-            "scheduler": ["diffusers", "DDIMScheduler"],
-            "text_encoder": ["transformers", "CLIPTextModel"],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-            "unet": ["diffusers", "UNet3DConditionModel"],
-            "vae": ["diffusers", "AutoencoderKL"],
-        }
-        (staging / "model_index.json").write_text(json.dumps(index, indent=2))
+        (staging / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2))
     return Path(path)
 
 

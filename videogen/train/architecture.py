@@ -1,8 +1,8 @@
 """New text-to-video models to train from scratch: diffusers/transformers classes at chosen widths.
 
 A model built here is an ordinary diffusers-format bundle (``UNet3DConditionModel``, ``AutoencoderKL``,
-``CLIPTextModel`` + ``CLIPTokenizer``, a DDPM-family scheduler config), so the renderer loads it like
-any ModelScope checkpoint. The tokenizer is a byte-level BPE whose merges spell whole words of a
+``CLIPTextModel`` + ``CLIPTokenizer``, ModelScope's DDIM schedule), so the renderer loads it like any
+ModelScope checkpoint. The tokenizer is a byte-level BPE whose merges spell whole words of a
 given vocabulary (every other text still tokenises, character by character).
 """
 
@@ -13,8 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+from diffusers import AutoencoderKL, UNet3DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -157,18 +156,3 @@ def new_text_encoder(arch: ArchitectureConfig, tokenizer: CLIPTokenizer) -> CLIP
         projection_dim=arch.text_dim,
     )
     return CLIPTextModel(config)
-
-
-def new_scheduler() -> DDIMScheduler:
-    """ModelScope's noise schedule (scaled-linear betas, 1000 steps, epsilon prediction)."""
-    return DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-    )
-
-
-def parameter_count(*modules: torch.nn.Module) -> int:
-    return sum(p.numel() for m in modules for p in m.parameters())

@@ -25,22 +25,14 @@ from videogen.config import ModelConfig
 from videogen.errors import ConfigError
 from videogen.io.atomic import atomic_folder, write_text_atomic
 from videogen.models.loader import component_dir, resolve_device
+from videogen.models.tiny import MODEL_INDEX, tiny_scheduler
 from videogen.models.trip_fusion import FUSION_DIRNAME, TemporalNoiseFusion, find_fusion_module, load_fusion
-from videogen.train.architecture import new_scheduler, new_text_encoder, new_unet, new_vae, word_tokenizer
+from videogen.train.architecture import new_text_encoder, new_unet, new_vae, word_tokenizer
 from videogen.train.batches import ShapesSource
 from videogen.train.config import TrainJob
 from videogen.train.loop import SingleWorker, StageResult, StageRun, Workers, run_stage
 from videogen.train.stages import TripObjective, UnetObjective, VaeObjective, latent_scale
 
-MODEL_INDEX = {
-    "_class_name": "TextToVideoSDPipeline",
-    "_diffusers_version": "0.42.1",
-    "scheduler": ["diffusers", "DDIMScheduler"],
-    "text_encoder": ["transformers", "CLIPTextModel"],
-    "tokenizer": ["transformers", "CLIPTokenizer"],
-    "unet": ["diffusers", "UNet3DConditionModel"],
-    "vae": ["diffusers", "AutoencoderKL"],
-}
 SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
@@ -111,7 +103,7 @@ class JobRunner:
                 tokenizer.save_pretrained(staging)
         if not (self.out / "scheduler").is_dir():
             init = _init_path(self.job, "scheduler")
-            scheduler = DDIMScheduler.from_pretrained(str(init)) if init is not None else new_scheduler()
+            scheduler = DDIMScheduler.from_pretrained(str(init)) if init is not None else tiny_scheduler()
             with atomic_folder(self.out / "scheduler") as staging:
                 scheduler.save_pretrained(staging)
         write_text_atomic(self.out / "model_index.json", json.dumps(MODEL_INDEX, indent=2) + "\n")
