@@ -1,4 +1,4 @@
-"""Clip-parallelism benchmark (issue 3): speedup, memory, communication and dual-scope error.
+"""Clip-parallelism benchmark: speedup, memory, communication and dual-scope error.
 
 1. Speedup of 2 clip workers (1 thread each) over 1 worker (1 thread) on the same render, exact
    and dual-scope, timed inside the workers around the sampling loop (model loading excluded),

@@ -1,4 +1,4 @@
-"""Image-to-video benchmark (issue 7): TRIP's image noise prior on the tiny model.
+"""Image-to-video benchmark: TRIP's image noise prior on the tiny model.
 
 For one first-frame image (tools/make_first_frame.py) and one seed, renders the same frames with
 the real sampler (``run_steps`` + ``Denoiser``) in these variants:

@@ -1,4 +1,4 @@
-"""Patch-parallelism benchmark (issue 4): bytes per step, speedup, and the error of stale renders.
+"""Patch-parallelism benchmark: bytes per step, speedup, and the error of stale renders.
 
 1. Bytes per displaced step, per worker, on the ``patch`` axis: DistriFusion's full conditioning
    (``portion="all"``) vs PCPP's partial conditioning at the default portion, at 2, 4 and 8

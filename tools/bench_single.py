@@ -1,4 +1,4 @@
-"""Single-worker renderer benchmark (issue 2).
+"""Single-worker renderer benchmark.
 
 1. Wall time of our render vs diffusers' ``TextToVideoSDPipeline`` on the same tiny model,
    latents, scheduler and guidance: text encoding + sampling + VAE decode to float frames,

@@ -1,4 +1,4 @@
-"""Step-parallelism benchmark (issue 5): ParaStep speedup, evaluations, traffic and error.
+"""Step-parallelism benchmark: ParaStep speedup, evaluations, traffic and error.
 
 1. Wall time of the sampling call (model loading excluded): the sequential sampler on 1 worker vs
    2 step workers, 1 thread each, default ParaStep settings (the warm-up's guidance branches split

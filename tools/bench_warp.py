@@ -1,4 +1,4 @@
-"""Go-with-the-Flow noise warping benchmark (issue 6).
+"""Go-with-the-Flow noise warping benchmark.
 
 1. Speed: warped frames per second with 4 channels on one CPU thread at 256x256, 512x512 and
    1024x1024 output, warping on grids upsampled x1, x2 and x4 (and on CUDA when available). The
