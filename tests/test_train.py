@@ -242,3 +242,17 @@ def test_single_frame_clips_are_for_image_stages_only(tmp_path):
     assert load_train_job(None, [f"out={tmp_path}", "data.frames=1", "stages=[vae,unet]"]).config.data.frames == 1
     with pytest.raises(ConfigError, match="data.frames: TRIP needs the image frame and one more"):
         load_train_job(None, [f"out={tmp_path}", "data.frames=1"])
+
+
+def test_a_zero_initialised_text_path_adds_nothing_until_trained():
+    from videogen.train.architecture import ArchitectureConfig, new_unet
+
+    arch = ArchitectureConfig(unet_channels=[8, 16], norm_groups=4, text_dim=16, attention_head_dim=4)
+    latents, t = torch.randn(1, 4, 2, 8, 8), torch.tensor([500])
+    texts = torch.randn(2, 1, 5, 16)
+    for zero, same in ((True, True), (False, False)):
+        torch.manual_seed(0)
+        unet = new_unet(ArchitectureConfig(**{**arch.__dict__, "zero_init_cross_attention": zero})).eval()
+        with torch.no_grad():
+            a, b = (unet(latents, t, encoder_hidden_states=text).sample for text in texts)
+        assert torch.equal(a, b) == same

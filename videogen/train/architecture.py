@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from diffusers import AutoencoderKL, UNet3DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -26,6 +27,8 @@ class ArchitectureConfig:
     ``unet_channels`` has one entry per UNet level; every level but the last has spatial and
     temporal attention with heads of ``attention_head_dim`` channels. ``words`` are tokenised
     whole (the text vocabulary of the data); ``max_tokens`` includes the start and end tokens.
+    ``zero_init_cross_attention`` starts every cross-attention output projection at zero, so the text
+    path adds nothing until the gradient makes it useful (a random one only adds noise at first).
     """
 
     vae_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
@@ -40,6 +43,7 @@ class ArchitectureConfig:
     text_heads: int = 4
     max_tokens: int = 24
     words: list[str] = field(default_factory=list)
+    zero_init_cross_attention: bool = False
 
 
 def architecture_problems(arch: ArchitectureConfig, prefix: str = "model.architecture") -> list[tuple[str, str]]:
@@ -128,7 +132,7 @@ def new_vae(arch: ArchitectureConfig) -> AutoencoderKL:
 
 def new_unet(arch: ArchitectureConfig) -> UNet3DConditionModel:
     n = len(arch.unet_channels)
-    return UNet3DConditionModel(
+    unet = UNet3DConditionModel(
         block_out_channels=tuple(arch.unet_channels),
         layers_per_block=arch.unet_layers_per_block,
         in_channels=arch.latent_channels,
@@ -140,6 +144,12 @@ def new_unet(arch: ArchitectureConfig) -> UNet3DConditionModel:
         norm_num_groups=arch.norm_groups,
         sample_size=16,
     )
+    if arch.zero_init_cross_attention:
+        for name, module in unet.named_modules():
+            if name.endswith("attn2"):
+                torch.nn.init.zeros_(module.to_out[0].weight)
+                torch.nn.init.zeros_(module.to_out[0].bias)
+    return unet
 
 
 def new_text_encoder(arch: ArchitectureConfig, tokenizer: CLIPTokenizer) -> CLIPTextModel:

@@ -15,7 +15,7 @@ sections and keys (see configs/train_shapes.yaml and docs/training.md for every 
             world.{two_objects,still,textured,pan,fit_path}
   model     init (a diffusers-format folder to fine-tune), architecture.{vae_channels,unet_channels,
             latent_channels,unet_layers_per_block,vae_layers_per_block,attention_head_dim,norm_groups,
-            text_dim,text_layers,text_heads,max_tokens,words}
+            text_dim,text_layers,text_heads,max_tokens,words,zero_init_cross_attention}
   vae       steps, batch_size, lr, warmup_steps, weight_decay, grad_clip, ema_decay, checkpoint_every, kl_weight
   unet      the same, and train_text_encoder, warped_fraction, warp_upsample, degradation [low, high]
   trip      the same, and dim, heads, patch_size
