@@ -140,7 +140,7 @@ class UnetObjective(torch.nn.Module):
         super().__init__()
         self.unet, self.text_encoder = unet, text_encoder
         self.vae = vae.requires_grad_(False).eval()
-        self.tokenizer, self.scheduler, self.source, self.job = tokenizer, scheduler, source, job
+        self.tokenizer, self.source, self.job = tokenizer, source, job
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.clone().float(), persistent=False)
 
     def forward(self, indices: list[int]) -> torch.Tensor:
@@ -176,7 +176,8 @@ class TripObjective(torch.nn.Module):
         batch = self.source.clip_batch(indices, flows=False)
         generators = [sample_generator(self.job.seed, "trip", i) for i in indices]
         latents = encode_clips(self.vae, batch.frames, generators)
-        timesteps = torch.tensor([int(torch.randint(0, 1000, (1,), generator=g)) for g in generators])
+        steps = self.scheduler.config.num_train_timesteps
+        timesteps = torch.tensor([int(torch.randint(0, steps, (1,), generator=g)) for g in generators])
         noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in generators]).to(device)
         with torch.no_grad():
             text = self.text_encoder(tokenize(self.tokenizer, batch.captions).to(device))[0]
