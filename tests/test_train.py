@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import UNet3DConditionModel
+from diffusers.models.unets.unet_3d_condition import UNet3DConditionOutput
 
 from videogen.cli import main
 from videogen.config import ModelConfig, load_job
@@ -16,11 +18,11 @@ from videogen.models.loader import load_bundle
 from videogen.noise.flow import resize_flow
 from videogen.noise.warp import flow_correlation
 from videogen.pipeline import render
-from videogen.train.batches import ShapesSource
+from videogen.train.batches import ShapesSource, sample_generator
 from videogen.train.config import load_train_job
 from videogen.train.loop import SingleWorker
 from videogen.train.run import JobRunner, train_job
-from videogen.train.stages import unet_draws
+from videogen.train.stages import encode_clips, unet_draws
 
 TINY = [
     "data.width=32",
@@ -34,6 +36,7 @@ TINY = [
     "model.architecture.attention_head_dim=4",
     "threads=1",
     "vae.batch_size=8",
+    "image.batch_size=4",
     "unet.batch_size=2",
     "trip.batch_size=2",
     "trip.dim=16",
@@ -47,9 +50,18 @@ def tiny_job(out: Path, *overrides: str):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One short run of all three stages, shared by the tests that only read its output."""
+    """One short run of all four stages (a pooled-caption UNet), shared by the tests that only read its output."""
     out = tmp_path_factory.mktemp("train") / "model"
-    job = tiny_job(out, "vae.steps=40", "vae.lr=3e-3", "unet.steps=30", "unet.lr=2e-3", "trip.steps=8")
+    job = tiny_job(
+        out,
+        "vae.steps=40",
+        "vae.lr=3e-3",
+        "image.steps=10",
+        "unet.steps=30",
+        "unet.lr=2e-3",
+        "trip.steps=8",
+        "model.architecture.pooled_text=true",
+    )
     return job, train_job(job, progress=False)
 
 
@@ -62,14 +74,14 @@ def _objective_loss(job, stage: str, indices: list[int]) -> float:
 
 def test_every_stage_lowers_its_loss_on_held_out_samples(trained, tmp_path):
     job, result = trained
-    assert set(result.stages) == {"vae", "unet", "trip"}
+    assert set(result.stages) == {"vae", "image", "unet", "trip"}
     held_out = list(range(10**6, 10**6 + 8))
     fresh = tiny_job(tmp_path / "fresh", "stages=[vae]")
     before = _objective_loss(fresh, "vae", held_out)
     after_job = tiny_job(Path(job.out), "model.init=" + job.out)
     after = _objective_loss(after_job, "vae", held_out)
     assert after < 0.5 * before, (before, after)
-    for stage in ("unet", "trip"):
+    for stage in ("image", "unet", "trip"):
         losses = result.stages[stage].losses
         assert np.isfinite(losses).all()
     unet = result.stages["unet"].losses
@@ -85,6 +97,8 @@ def test_the_output_folder_is_a_model_the_renderer_loads(trained, tmp_path):
     assert (out / "train" / "loss_unet.png").stat().st_size > 1000
     bundle = load_bundle(ModelConfig(path=str(out)))
     assert bundle.vae.config.scaling_factor != pytest.approx(0.18215)
+    assert bundle.unet.config.time_cond_proj_dim == bundle.text_encoder.config.hidden_size
+    assert bundle.scheduler_config["prediction_type"] == "v_prediction"
     video = tmp_path / "clip.mp4"
     loaded = load_job(
         None,
@@ -141,6 +155,59 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
         for key, value in a["model"][name].items():
             assert torch.equal(value, b["model"][name][key]), (name, key)
             assert torch.equal(a["ema"][name][key], b["ema"][name][key]), (name, key)
+
+
+def test_the_video_stage_starts_from_the_image_stage(tmp_path):
+    job = tiny_job(tmp_path / "m", "stages=[vae,image]", "vae.steps=2", "image.steps=3")
+    train_job(job, progress=False)
+    runner = JobRunner(
+        tiny_job(tmp_path / "m", "stages=[vae,image,unet]"), SingleWorker(), False, False, lambda _: None
+    )
+    image_unet = runner.written(UNet3DConditionModel, "unet", "test")
+    run = runner.unet_stage()
+    for a, b in zip(run.modules["unet"].parameters(), image_unet.parameters(), strict=True):
+        assert torch.equal(a, b)
+    alone = JobRunner(tiny_job(tmp_path / "m", "stages=[vae,unet]"), SingleWorker(), False, False, lambda _: None)
+    fresh = alone.unet_stage().modules["unet"]
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.parameters(), image_unet.parameters(), strict=True))
+
+
+def test_the_objective_targets_v_or_epsilon_as_the_scheduler_predicts(tmp_path):
+    """With the network replaced by the exact target, the loss is zero: ``v`` for a v model, ``eps`` else."""
+    for prediction in ("v_prediction", "epsilon"):
+        job = tiny_job(tmp_path / prediction, "stages=[vae]", "vae.steps=1", f"model.prediction_type={prediction}")
+        train_job(job, progress=False)
+        runner = JobRunner(job, SingleWorker(), False, False, lambda _: None)
+        assert runner.scheduler().config.prediction_type == prediction
+        objective = runner.image_stage().objective
+
+        class Oracle(torch.nn.Module):
+            """Answers every call with the target under test."""
+
+            config = objective.unet.config
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.anchor = torch.nn.Parameter(torch.zeros(1))  # where the objective reads its device
+                self.target = torch.zeros(1)
+
+            def forward(self, z_t, timesteps, **kwargs):
+                return UNet3DConditionOutput(sample=self.target)
+
+        indices = [0, 1]
+        with torch.no_grad():
+            batch = objective.source.still_batch(indices)
+            generators = [sample_generator(job.seed, "image", i + (1 << 40)) for i in indices]
+            latents = encode_clips(objective.vae, batch.frames, generators)
+            _, timesteps, noise = unet_draws(job, indices, tuple(latents.shape[1:]), None, 1000, "image")
+            abar = objective.alphas_cumprod[timesteps].view(-1, 1, 1, 1, 1)
+            v = abar.sqrt() * noise - (1 - abar).sqrt() * latents
+            oracle = Oracle()
+            objective.unet = oracle
+            oracle.target = v if prediction == "v_prediction" else noise
+            assert float(objective(indices)) < 1e-10
+            oracle.target = noise if prediction == "v_prediction" else v
+            assert float(objective(indices)) > 0.1
 
 
 def test_warped_noise_is_standard_normal_and_follows_the_clip_flow(tmp_path):

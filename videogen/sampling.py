@@ -27,6 +27,7 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from videogen.models.frame_context import FrameContext
+from videogen.models.text_condition import unet_text_kwargs
 from videogen.prompts import TextContext
 
 SCHEDULERS: dict[str, type[SchedulerMixin]] = {
@@ -131,7 +132,7 @@ class Denoiser:
         """One counted UNet call, after the ``before_call`` callbacks."""
         for callback in self.before_call:
             callback(timestep)
-        output = self.unet(sample.to(self.dtype), timestep, encoder_hidden_states=context.to(dtype=self.dtype))
+        output = self.unet(sample.to(self.dtype), timestep, **unet_text_kwargs(self.unet, context.to(dtype=self.dtype)))
         self.evaluations += 1
         return output.sample
 

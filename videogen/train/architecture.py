@@ -29,6 +29,8 @@ class ArchitectureConfig:
     whole (the text vocabulary of the data); ``max_tokens`` includes the start and end tokens.
     ``zero_init_cross_attention`` starts every cross-attention output projection at zero, so the text
     path adds nothing until the gradient makes it useful (a random one only adds noise at first).
+    ``pooled_text`` also adds the caption, pooled over tokens, to the UNet's timestep embedding
+    (:mod:`videogen.models.text_condition`).
     """
 
     vae_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
@@ -44,6 +46,7 @@ class ArchitectureConfig:
     max_tokens: int = 24
     words: list[str] = field(default_factory=list)
     zero_init_cross_attention: bool = False
+    pooled_text: bool = False
 
 
 def architecture_problems(arch: ArchitectureConfig, prefix: str = "model.architecture") -> list[tuple[str, str]]:
@@ -143,6 +146,7 @@ def new_unet(arch: ArchitectureConfig) -> UNet3DConditionModel:
         attention_head_dim=arch.attention_head_dim,
         norm_num_groups=arch.norm_groups,
         sample_size=16,
+        time_cond_proj_dim=arch.text_dim if arch.pooled_text else None,
     )
     if arch.zero_init_cross_attention:
         for name, module in unet.named_modules():

@@ -30,7 +30,7 @@ class ClipBatch:
 
 def sample_generator(seed: int, stage: str, index: int) -> torch.Generator:
     """The torch generator of one sample's randomness (timestep, noise, dropout) in one stage."""
-    salt = {"vae": 0, "unet": 1, "trip": 2}[stage]
+    salt = {"vae": 0, "unet": 1, "trip": 2, "image": 3}[stage]
     return torch.Generator().manual_seed(frame_seed(seed, index, "step", step=salt))
 
 
@@ -48,6 +48,7 @@ class ShapesSource:
             width=data.width,
             height=data.height,
             frames=data.frames,
+            size_range=(float(w.size_range[0]), float(w.size_range[1])),
             two_objects=w.two_objects,
             still=w.still,
             textured=w.textured,
@@ -74,3 +75,8 @@ class ShapesSource:
     def frame_batch(self, indices: list[int]) -> np.ndarray:
         """(B, H, W, 3) single frames for the VAE."""
         return np.stack([self.stills.clip(i).frames[0] for i in indices])
+
+    def still_batch(self, indices: list[int]) -> ClipBatch:
+        """Captioned clips of one frame (B, 1, H, W, 3) for the image stage."""
+        stills = [self.stills.clip(i) for i in indices]
+        return ClipBatch(np.stack([c.frames[:1] for c in stills]), [c.caption for c in stills])

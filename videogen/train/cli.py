@@ -9,15 +9,18 @@ overrides are key=value pairs merged over the training file, e.g.
   videogen train configs/train_shapes.yaml out=out/my_model unet.steps=500 ray.workers=2
 
 sections and keys (see configs/train_shapes.yaml and docs/training.md for every default):
-  out, stages (list of vae|unet|trip), seed, device, threads, log_every, save_dtype (fp32|fp16)
+  out, stages (list of vae|image|unet|trip), seed, device, threads, log_every, save_dtype (fp32|fp16)
   data      source (shapes|videos), videos (files/folders), manifest, backend (auto|pyav|decord),
             width, height, frames, frame_stride, seed, caption_dropout,
-            world.{two_objects,still,textured,pan,fit_path}
-  model     init (a diffusers-format folder to fine-tune), architecture.{vae_channels,unet_channels,
-            latent_channels,unet_layers_per_block,vae_layers_per_block,attention_head_dim,norm_groups,
-            text_dim,text_layers,text_heads,max_tokens,words,zero_init_cross_attention}
+            world.{size_range,two_objects,still,textured,pan,fit_path}
+  model     init (a diffusers-format folder to fine-tune), prediction_type (auto|epsilon|v_prediction),
+            architecture.{vae_channels,unet_channels,latent_channels,unet_layers_per_block,
+            vae_layers_per_block,attention_head_dim,norm_groups,text_dim,text_layers,text_heads,
+            max_tokens,words,zero_init_cross_attention,pooled_text}
   vae       steps, batch_size, lr, warmup_steps, weight_decay, grad_clip, ema_decay, checkpoint_every, kl_weight
-  unet      the same, and train_text_encoder, warped_fraction, warp_upsample, degradation [low, high]
+  image     the same, and train_text_encoder, dropout (the UNet on single frames, before unet)
+  unet      the same, and train_text_encoder, dropout, warped_fraction, warp_upsample,
+            degradation [low, high]
   trip      the same, and dim, heads, patch_size
   ray       workers (>1: DDP on Ray Train workers), address, use_gpu, cpus_per_worker
 """
@@ -45,7 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train or fine-tune a text-to-video model (VAE, text encoder + UNet, TRIP fusion)",
+        help="train or fine-tune a text-to-video model (VAE, text encoder + UNet on stills and clips, TRIP fusion)",
         description="Train the stages of a YAML training job into a diffusers-format model folder.",
         epilog=TRAIN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

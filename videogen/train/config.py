@@ -14,13 +14,15 @@ from videogen.config import LoadedJob, load_layers
 from videogen.models.bundled import NAMES as BUNDLED
 from videogen.train.architecture import ArchitectureConfig, architecture_problems
 
-STAGES = ("vae", "unet", "trip")
+STAGES = ("vae", "image", "unet", "trip")
 
 
 @dataclass
 class WorldSection:
-    """The synthetic shapes world's distribution (``videogen.data.shapes.WorldSpec``)."""
+    """The synthetic shapes world's distribution (``videogen.data.shapes.WorldSpec``); ``size_range`` is
+    the object radius as a fraction of the shorter frame side."""
 
+    size_range: list[float] = field(default_factory=lambda: [0.11, 0.17])
     two_objects: float = 0.3
     still: float = 0.1
     textured: float = 0.5
@@ -57,6 +59,21 @@ class ModelSection:
 
     init: str | None = None
     architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
+    prediction_type: Literal["auto", "epsilon", "v_prediction"] = "auto"
+
+    def resolved_prediction_type(self, init_scheduler: dict | None) -> str:
+        """``auto``: the ``init`` model's own, else ``v_prediction`` for a new model.
+
+        A new model predicts ``v = sqrt(abar) eps - sqrt(1 - abar) z_0`` (Salimans & Ho, 2022, Sec. 4):
+        its loss weighs the clean latent's error by ``1 / (1 - abar)``, which stays near 1 at high
+        noise, where the caption decides the video's content; epsilon's weighs it by the SNR, near 0
+        there.
+        """
+        if self.prediction_type != "auto":
+            return self.prediction_type
+        if init_scheduler is not None:
+            return init_scheduler.get("prediction_type", "epsilon")
+        return "v_prediction"
 
 
 @dataclass
@@ -85,8 +102,26 @@ class VaeStage(StageSection):
 
 
 @dataclass
+class ImageStage(StageSection):
+    """Text encoder + UNet3D on single frames (clips of one frame), before the video stage.
+
+    A step of ``B`` stills costs about what ``B / F`` clips of ``F`` frames do, so the model sees many
+    more caption-image pairs per second: this is where it learns what the words look like. The
+    ``unet`` stage then starts from these weights. ``dropout`` as in :class:`UnetStage`.
+    """
+
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    ema_decay: float = 0.99
+    train_text_encoder: bool = True
+    dropout: float = 0.1
+
+
+@dataclass
 class UnetStage(StageSection):
-    """Text encoder + UNet3D on VAE latents, epsilon prediction.
+    """Text encoder + UNet3D on VAE latents of whole clips (epsilon or v prediction, ``model.prediction_type``).
 
     ``warped_fraction`` of the samples take Go-with-the-Flow's warped noise along the clip's flow
     (warped on a grid ``warp_upsample`` times the latent size), mixed with fresh noise at a
@@ -140,6 +175,7 @@ class TrainJob:
     data: DataSection = field(default_factory=DataSection)
     model: ModelSection = field(default_factory=ModelSection)
     vae: VaeStage = field(default_factory=VaeStage)
+    image: ImageStage = field(default_factory=ImageStage)
     unet: UnetStage = field(default_factory=UnetStage)
     trip: TripStage = field(default_factory=TripStage)
     ray: RaySection = field(default_factory=RaySection)
@@ -181,6 +217,9 @@ def train_problems(job: TrainJob) -> list[tuple[str, str]]:
         out.append(("data.caption_dropout", f"must be in [0, 1], got {d.caption_dropout}"))
     if d.source == "videos" and not d.videos and not d.manifest:
         out.append(("data.videos", "data.source is videos: list video files/folders here or set data.manifest"))
+    size = list(d.world.size_range)
+    if len(size) != 2 or not 0.02 <= size[0] <= size[1] <= 0.3:
+        out.append(("data.world.size_range", f"a range [low, high] inside [0.02, 0.3], got {size}"))
     for key in ("two_objects", "still", "textured", "pan"):
         value = getattr(d.world, key)
         if not 0.0 <= value <= 1.0:
@@ -193,8 +232,10 @@ def train_problems(job: TrainJob) -> list[tuple[str, str]]:
     u = job.unet
     if not 0.0 <= u.warped_fraction <= 1.0:
         out.append(("unet.warped_fraction", f"must be in [0, 1], got {u.warped_fraction}"))
-    if not 0.0 <= u.dropout < 1.0:
-        out.append(("unet.dropout", f"must be in [0, 1), got {u.dropout}"))
+    for name in ("image", "unet"):
+        dropout = getattr(job, name).dropout
+        if not 0.0 <= dropout < 1.0:
+            out.append((f"{name}.dropout", f"must be in [0, 1), got {dropout}"))
     if u.warp_upsample < 1:
         out.append(("unet.warp_upsample", f"must be >= 1, got {u.warp_upsample}"))
     if len(u.degradation) != 2 or not 0.0 <= u.degradation[0] <= u.degradation[1] <= 1.0:

@@ -2,7 +2,8 @@
 
 The output folder is a model the renderer loads as it is (``model.path: OUT``): ``model_index.json``,
 ``tokenizer/`` and ``scheduler/`` are written first, then each stage replaces its components
-(``vae/``; ``unet/`` + ``text_encoder/``; ``trip_fusion/``) with its EMA weights at every checkpoint,
+(``vae/``; ``unet/`` + ``text_encoder/`` from the ``image`` and ``unet`` stages;
+``trip_fusion/``) with its EMA weights at every checkpoint,
 each folder atomically, in safetensors only. ``OUT/train/`` holds each stage's resumable state
 (``<stage>.pt``, read with ``weights_only=True``) and its loss curve (``loss_<stage>.png``).
 """
@@ -104,6 +105,8 @@ class JobRunner:
         if not (self.out / "scheduler").is_dir():
             init = _init_path(self.job, "scheduler")
             scheduler = DDIMScheduler.from_pretrained(str(init)) if init is not None else tiny_scheduler()
+            prediction = self.job.model.resolved_prediction_type(dict(scheduler.config) if init else None)
+            scheduler.register_to_config(prediction_type=prediction)
             with atomic_folder(self.out / "scheduler") as staging:
                 scheduler.save_pretrained(staging)
         write_text_atomic(self.out / "model_index.json", json.dumps(MODEL_INDEX, indent=2) + "\n")
@@ -115,6 +118,10 @@ class JobRunner:
         return DDPMScheduler.from_pretrained(str(self.out / "scheduler"))
 
     def frozen(self, cls, component: str, needed_by: str):
+        return self.written(cls, component, needed_by).requires_grad_(False)
+
+    def written(self, cls, component: str, needed_by: str):
+        """``component`` as an earlier stage of this job (or ``model.init``) left it."""
         folder = _existing(self.out, self.job, component)
         if folder is None:
             raise ConfigError(
@@ -122,7 +129,7 @@ class JobRunner:
                 f"list its stage before {needed_by}, or set model.init to a model folder that has one"
             )
         kwargs = {"dtype": torch.float32} if cls is CLIPTextModel else {"torch_dtype": torch.float32}
-        return cls.from_pretrained(str(folder), use_safetensors=True, **kwargs).to(self.device).requires_grad_(False)
+        return cls.from_pretrained(str(folder), use_safetensors=True, **kwargs).to(self.device)
 
     def initial(self, cls, component: str, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
         """A stage's starting weights: ``model.init``'s component, else a new one (seeded: equal on every rank)."""
@@ -145,27 +152,39 @@ class JobRunner:
 
         return StageRun("vae", {"vae": vae}, VaeObjective(vae, self.source, self.job), save)
 
+    def image_stage(self) -> StageRun:
+        return self.text_to_video_stage("image")
+
     def unet_stage(self) -> StageRun:
-        arch = self.job.model.architecture
+        return self.text_to_video_stage("unet")
+
+    def text_to_video_stage(self, name: str) -> StageRun:
+        """The ``image`` or ``unet`` stage. The ``unet`` stage continues from the ``image`` stage's
+        weights when that stage is part of this job (it ran first)."""
+        arch, section = self.job.model.architecture, getattr(self.job, name)
         tokenizer = self.tokenizer()
-        text_encoder = self.initial(CLIPTextModel, "text_encoder", lambda: new_text_encoder(arch, tokenizer))
-        unet = self.initial(UNet3DConditionModel, "unet", lambda: new_unet(arch))
+        if name == "unet" and "image" in self.job.stages:
+            text_encoder = self.written(CLIPTextModel, "text_encoder", name)
+            unet = self.written(UNet3DConditionModel, "unet", name)
+        else:
+            text_encoder = self.initial(CLIPTextModel, "text_encoder", lambda: new_text_encoder(arch, tokenizer))
+            unet = self.initial(UNet3DConditionModel, "unet", lambda: new_unet(arch))
         for module in unet.modules():
             if isinstance(module, torch.nn.Dropout):
-                module.p = self.job.unet.dropout
-        vae = self.frozen(AutoencoderKL, "vae", "unet")
+                module.p = section.dropout
+        vae = self.frozen(AutoencoderKL, "vae", name)
         modules: dict[str, torch.nn.Module] = {"unet": unet}
-        if self.job.unet.train_text_encoder:
+        if section.train_text_encoder:
             modules["text_encoder"] = text_encoder
         else:
             text_encoder.requires_grad_(False)
-        objective = UnetObjective(unet, text_encoder, tokenizer, vae, self.scheduler(), self.source, self.job)
+        objective = UnetObjective(unet, text_encoder, tokenizer, vae, self.scheduler(), self.source, self.job, name)
 
         def save(ema: dict[str, torch.nn.Module]) -> None:
             save_component(ema["unet"], self.out / "unet", self.dtype)
             save_component(ema.get("text_encoder", text_encoder), self.out / "text_encoder", self.dtype)
 
-        return StageRun("unet", modules, objective, save)
+        return StageRun(name, modules, objective, save)
 
     def trip_stage(self) -> StageRun:
         section = self.job.trip
@@ -202,7 +221,12 @@ class JobRunner:
         self.prepare_folder()
         self.workers.barrier()  # the other ranks read OUT/tokenizer and OUT/scheduler that rank 0 wrote
         result = TrainResult(self.out)
-        builders = {"vae": self.vae_stage, "unet": self.unet_stage, "trip": self.trip_stage}
+        builders = {
+            "vae": self.vae_stage,
+            "image": self.image_stage,
+            "unet": self.unet_stage,
+            "trip": self.trip_stage,
+        }
         for name in self.job.stages:
             section = getattr(self.job, name)
             result.stages[name] = run_stage(

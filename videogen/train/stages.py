@@ -3,8 +3,10 @@
 * ``vae``: ``AutoencoderKL`` on single frames, ``L = |x - D(z)|^2 + k KL(q(z|x) || N(0, I))`` with
   ``z ~ q(z|x)``. Its scaling factor is set to ``1 / std(z)`` over a fixed set of frames, so the
   diffusion latents have unit variance (as Stable Diffusion's ``0.18215`` does for its VAE).
-* ``unet``: text encoder + ``UNet3DConditionModel``, ``L = |eps - eps_theta(z_t, t, c)|^2`` with
-  ``z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps``. A ``warped_fraction`` of the samples draw ``eps``
+* ``image`` and ``unet``: text encoder + ``UNet3DConditionModel`` on single frames, then on clips,
+  ``L = |y - f_theta(z_t, t, c)|^2`` with ``z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps`` and the
+  target ``y = eps``, or ``y = v = sqrt(abar_t) eps - sqrt(1 - abar_t) z_0`` for a v-prediction model
+  (its scheduler's ``prediction_type``). In the ``unet`` stage a ``warped_fraction`` of the samples draw ``eps``
   as Go-with-the-Flow's warped noise along the clip's own flow, degraded by ``gamma ~ U(range)``
   (Burgert et al., CVPR 2025, Sec. 3.3 "noise degradation"; ``Q <- ((1-g)Q + g Z)/sqrt((1-g)^2+g^2)``);
   captions are dropped to ``""`` at ``caption_dropout`` for classifier-free guidance.
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet3DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from videogen.models.text_condition import unet_text_kwargs
 from videogen.models.trip_fusion import TemporalNoiseFusion
 from videogen.noise.flow import resize_flow
 from videogen.noise.warp import NoiseWarper
@@ -103,16 +106,22 @@ def tokenize(tokenizer: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
 
 
 def unet_draws(
-    job: TrainJob, indices: list[int], latent_shape: tuple[int, ...], flows, num_timesteps: int
+    job: TrainJob,
+    indices: list[int],
+    latent_shape: tuple[int, ...],
+    flows,
+    num_timesteps: int,
+    stage_name: str = "unet",
 ) -> tuple[list[bool], torch.Tensor, torch.Tensor]:
     """Per sample, from its own generator in a fixed order: keep its caption, its timestep, its noise.
 
-    ``flows`` is ``(forward, backward)`` pixel flows (B, F-1, 2, H, W), or None for Gaussian noise only.
+    ``flows`` is ``(forward, backward)`` pixel flows (B, F-1, 2, H, W), or None for Gaussian noise only
+    (always in the ``image`` stage).
     """
     stage, data = job.unet, job.data
     keep, timesteps, noises = [], [], []
     for j, index in enumerate(indices):
-        g = sample_generator(job.seed, "unet", index)
+        g = sample_generator(job.seed, stage_name, index)
         keep.append(float(torch.rand(1, generator=g)) >= data.caption_dropout)
         timesteps.append(int(torch.randint(0, num_timesteps, (1,), generator=g)))
         warped = float(torch.rand(1, generator=g)) < stage.warped_fraction
@@ -127,6 +136,8 @@ def unet_draws(
 
 
 class UnetObjective(torch.nn.Module):
+    """The ``unet`` stage's loss on clips, or with ``stage_name="image"`` the ``image`` stage's on stills."""
+
     def __init__(
         self,
         unet: UNet3DConditionModel,
@@ -136,30 +147,36 @@ class UnetObjective(torch.nn.Module):
         scheduler: DDPMScheduler,
         source,
         job: TrainJob,
+        stage_name: str = "unet",
     ) -> None:
         super().__init__()
         self.unet, self.text_encoder = unet, text_encoder
         self.vae = vae.requires_grad_(False).eval()
-        self.tokenizer, self.source, self.job = tokenizer, source, job
+        self.tokenizer, self.source, self.job, self.stage_name = tokenizer, source, job, stage_name
+        self.v_prediction = scheduler.config.prediction_type == "v_prediction"
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.clone().float(), persistent=False)
 
     def forward(self, indices: list[int]) -> torch.Tensor:
         device = next(self.unet.parameters()).device
-        warped = self.job.unet.warped_fraction > 0
-        batch = self.source.clip_batch(indices, flows=warped)
-        generators = [sample_generator(self.job.seed, "unet", i + (1 << 40)) for i in indices]
+        if self.stage_name == "image":
+            warped, batch = False, self.source.still_batch(indices)
+        else:
+            warped = self.job.unet.warped_fraction > 0
+            batch = self.source.clip_batch(indices, flows=warped)
+        generators = [sample_generator(self.job.seed, self.stage_name, i + (1 << 40)) for i in indices]
         latents = encode_clips(self.vae, batch.frames, generators)
         flows = (batch.flow_forward, batch.flow_backward) if warped else None
         keep, timesteps, noise = unet_draws(
-            self.job, indices, tuple(latents.shape[1:]), flows, len(self.alphas_cumprod)
+            self.job, indices, tuple(latents.shape[1:]), flows, len(self.alphas_cumprod), self.stage_name
         )
         captions = [c if k else "" for c, k in zip(batch.captions, keep, strict=True)]
         text = self.text_encoder(tokenize(self.tokenizer, captions).to(device))[0]
         timesteps, noise = timesteps.to(device), noise.to(device)
         abar = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1, 1)
         z_t = abar.sqrt() * latents + (1 - abar).sqrt() * noise
-        pred = self.unet(z_t, timesteps, encoder_hidden_states=text).sample
-        return F.mse_loss(pred, noise)
+        pred = self.unet(z_t, timesteps, **unet_text_kwargs(self.unet, text)).sample
+        target = abar.sqrt() * noise - (1 - abar).sqrt() * latents if self.v_prediction else noise
+        return F.mse_loss(pred, target)
 
 
 class TripObjective(torch.nn.Module):

@@ -41,6 +41,12 @@ class VideoSource:
             batch.flow_backward = np.stack([np.stack([b.numpy() for _, b in p]) for p in pairs])
         return batch
 
+    def still_batch(self, indices: list[int]) -> ClipBatch:
+        """One frame of each sample's clip (frame ``i mod F``) as a clip of one frame, with its caption."""
+        samples = [self.clips.sample(i, self.seed) for i in indices]
+        frames = [clip[i % self.clips.frames][None] for i, (clip, _) in zip(indices, samples, strict=True)]
+        return ClipBatch(np.stack(frames), [caption for _, caption in samples])
+
     def frame_batch(self, indices: list[int]) -> np.ndarray:
         """One frame of each sample's clip (frame ``i mod F``), for the VAE."""
         return np.stack([self.clips.sample(i, self.seed)[0][i % self.clips.frames] for i in indices])
