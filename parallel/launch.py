@@ -28,6 +28,7 @@ import multiprocessing as mp
 import os
 import pickle
 import socket
+import tempfile
 import threading
 import time
 import traceback
@@ -46,6 +47,7 @@ __all__ = [
     "find_free_port",
     "init_worker_process_group",
     "run_local",
+    "write_failure_log",
 ]
 
 PRELOAD = ("torch", "diffusers.models.unets.unet_3d_condition")  # what every worker imports, slowly
@@ -64,6 +66,17 @@ class WorkerError(RuntimeError):
         super().__init__(message)
         self.rank = rank
         self.failures = failures
+
+
+def write_failure_log(text: str, name: str = "render") -> str:
+    """Write a failed run's full report (the workers' tracebacks) to a new file in the temporary folder.
+
+    Returns its path, for a one-line error that names it; the report itself never reaches the terminal.
+    """
+    handle, path = tempfile.mkstemp(prefix=f"videogen-{name}-", suffix=".log")
+    with os.fdopen(handle, "w") as log:
+        log.write(text.rstrip() + "\n")
+    return path
 
 
 def find_free_port(host: str = "127.0.0.1") -> int:

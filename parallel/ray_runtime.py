@@ -21,7 +21,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from parallel.launch import find_free_port, init_worker_process_group
+from parallel.launch import find_free_port, init_worker_process_group, write_failure_log
 from parallel.render import WorkerReport, render_worker
 from videogen.config import JobConfig
 from videogen.errors import VideogenError
@@ -99,17 +99,26 @@ def _outcome(ref) -> Exception | None:
     return None
 
 
+def _first_line(error: BaseException, default: str) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else default
+
+
 def _failure(rank: int, error: Exception) -> VideogenError:
+    """One line for the root-cause failure; Ray's full report (the remote traceback) goes to a log file
+    that the line names. A user's mistake found by a worker (a :class:`VideogenError`) is its own line."""
+    cause = error.cause if isinstance(error, RayTaskError) and error.cause is not None else error
+    if isinstance(cause, VideogenError) and not isinstance(error, RayActorError):
+        return type(cause)(_first_line(cause, type(cause).__name__))
+    log = write_failure_log(f"worker rank {rank}:\n{error}", "ray-render")
     if isinstance(error, RayActorError):
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else "the actor process exited"
+        reason = _first_line(error, "the actor process exited")
         return VideogenError(
             f"worker rank {rank} died ({reason}); all workers were stopped, no video was written, "
-            "latent checkpoints so far are kept for --resume"
+            f"latent checkpoints so far are kept for --resume; Ray's report is in {log}"
         )
-    cause = error.cause if isinstance(error, RayTaskError) and error.cause is not None else error
-    if isinstance(cause, VideogenError):
-        return type(cause)(str(cause))
-    return VideogenError(f"worker rank {rank} failed: {type(cause).__name__}: {cause}")
+    what = _first_line(cause, "no message")
+    return VideogenError(f"worker rank {rank} failed: {type(cause).__name__}: {what}; traceback in {log}")
 
 
 def _wait_all(refs: list) -> list[WorkerReport]:

@@ -113,11 +113,15 @@ def _join_png_segments(segments: list[Path], target: Path) -> int:
     discard(partial)
     partial.mkdir(parents=True)
     written = 0
-    for segment in segments:
-        for name in sorted(segment.iterdir()):
-            name.rename(partial / f"frame_{written:06d}.png")
-            written += 1
-    commit(partial, target)
+    try:
+        for segment in segments:
+            for name in sorted(segment.iterdir()):
+                name.rename(partial / f"frame_{written:06d}.png")
+                written += 1
+        commit(partial, target)
+    except BaseException:
+        discard(partial)
+        raise
     return written
 
 

@@ -11,17 +11,17 @@ import shutil
 import time
 from pathlib import Path
 
-from parallel.launch import WorkerError, run_local
+from parallel.launch import WorkerError, run_local, write_failure_log
 from parallel.render import job_clips, plan_of, render_worker, segments_dir
 from videogen.config import JobConfig, resolve_seed
 from videogen.errors import ConfigError, VideogenError
 from videogen.models.loader import COMPONENTS, component_dir
-from videogen.pipeline import RenderResult, check_inputs
+from videogen.pipeline import RenderResult, check_inputs, check_model_limits, check_output
 
 LOCAL_TIMEOUT_S = 7 * 24 * 3600.0  # a render may take days; dead workers are detected at once
 
 
-def _preflight(job: JobConfig) -> None:
+def _preflight(job: JobConfig, resume: bool) -> None:
     try:
         job_clips(job)
     except ConfigError as error:
@@ -29,13 +29,24 @@ def _preflight(job: JobConfig) -> None:
     for component in COMPONENTS:
         component_dir(job.model, component)
     check_inputs(job)
+    check_output(job, resume)
+    check_model_limits(job)
+
+
+def worker_failure(error: WorkerError, job: JobConfig) -> VideogenError:
+    """One line for a failed local render: the root-cause rank and what it raised, and the log file
+    that holds every failed worker's report and traceback."""
+    report = "\n\n".join(error.failures[rank] for rank in sorted(error.failures))
+    log = write_failure_log(report, Path(job.output.path).name or "render")
+    headline = str(error).strip().splitlines()[0] if str(error).strip() else "a worker failed"
+    return VideogenError(f"{headline}; no video was written, latent checkpoints are kept; tracebacks in {log}")
 
 
 def render_parallel(job: JobConfig, resume: bool = False, progress: bool = True) -> RenderResult:
     """Render ``job`` on ``job.parallel`` workers with the configured launcher."""
     started = time.perf_counter()
     seed = resolve_seed(job)
-    _preflight(job)
+    _preflight(job, resume)
     world_size = plan_of(job).world_size
     shutil.rmtree(segments_dir(job), ignore_errors=True)
     try:
@@ -49,7 +60,7 @@ def render_parallel(job: JobConfig, resume: bool = False, progress: bool = True)
                 cause = error.__cause__
                 if isinstance(cause, VideogenError):
                     raise type(cause)(str(cause)) from None
-                raise VideogenError(f"{error}; no video was written, latent checkpoints are kept") from None
+                raise worker_failure(error, job) from None
         else:
             from parallel.ray_runtime import render_on_ray
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from videogen.config import JobConfig
@@ -108,16 +108,23 @@ def resume_step(directory: Path, frames: range) -> int:
 
 def load_checkpoint(directory: Path, frames: range, step: int, fingerprint: str) -> Checkpoint:
     path = Path(directory) / _file_name(step, frames)
+    unreadable = "unreadable checkpoint ({}); remove it, or render without --resume"
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    except (OSError, RuntimeError) as error:
-        raise VideogenError(f"{path}: unreadable checkpoint ({error})") from None
+    except (OSError, RuntimeError, ValueError, SafetensorError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise VideogenError(f"{path}: {unreadable.format(reason)}") from None
     if meta.get("fingerprint") != fingerprint:
         raise VideogenError(
             f"{path}: checkpoint belongs to a different job (model, prompts, video, sampler or noise "
             "changed); remove it or render without --resume"
         )
+    try:
+        values = json.loads(meta["scheduler"])
+        latents = tensors["latents"]
+    except (KeyError, ValueError):
+        raise VideogenError(f"{path}: {unreadable.format('latents or scheduler state missing')}") from None
     scheduler_tensors = {k.removeprefix("scheduler."): v for k, v in tensors.items() if k.startswith("scheduler.")}
-    return Checkpoint(step, tensors["latents"], scheduler_tensors, json.loads(meta["scheduler"]))
+    return Checkpoint(step, latents, scheduler_tensors, values)

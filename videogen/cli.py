@@ -1,8 +1,14 @@
-"""The ``videogen`` command line: render jobs, inspect the machine, build the tiny model."""
+"""The ``videogen`` command line: render jobs, evaluate a model, inspect the machine, build the tiny model.
+
+Nothing heavy is imported before the command line is parsed: ``videogen --help`` answers at once, and
+commands whose parsers live in heavy modules (``warp-noise``, ``train-trip``) are built in full only
+when they are the command given.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
@@ -32,10 +38,14 @@ sections and keys (see configs/ and README.md for every default):
 """
 
 
-def _quiet_libraries() -> None:
+def _quiet_environment() -> None:
+    """Before any library is imported: their log levels and progress bars, read at import."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def _quiet_libraries() -> None:
     import diffusers.utils.logging
     import transformers.utils.logging
 
@@ -61,6 +71,41 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+EVAL_EPILOG = """\
+overrides are key=value pairs merged over the evaluation file, e.g.
+  videogen eval configs/eval_shapes.yaml model.path=out/shapes seeds=4 out=out/eval_shapes
+
+keys (see configs/eval_shapes.yaml and docs/quality.md):
+  model     the render job's model section: path (folder, 'tiny' or 'shapes'), dtype, device, ...
+  base      render-job keys for every render, dotted or nested: {video.width: 64, sampler.steps: 25}
+  seeds     a count n (seeds 0 .. n-1) or a list of seeds; every prompt is rendered with each
+  suites    a list of {name, prompts: [captions], overrides: {render-job keys} or ["k=v", ...], repeat}
+  out       the report folder (null: write nothing); videos (true: keep each render as mp4)
+  sheet     every (contact sheets show every k-th frame), scale
+  scoring   min_rate (share of frames a per-frame check must pass), pan_reference (measured|caption)
+  threads   torch CPU threads (0 = torch's default)
+
+writes OUT/videos.csv (one row per video), OUT/report.json (rows and per-suite summaries),
+OUT/eval.yaml (the resolved evaluation) and OUT/sheets/SUITE.png (one row per video); prints
+one line per render and a table of each suite's rates (%) and means.
+"""
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from videogen.eval.report import report_table
+    from videogen.eval.runner import run_eval
+    from videogen.eval.schema import load_eval_job
+
+    job = load_eval_job(args.job, args.overrides).config
+    report = run_eval(job, progress=not args.no_progress)
+    print(report_table(report))
+    videos = len(report.rows)
+    if job.out is not None:
+        print(f"wrote {videos} rows to {job.out}/videos.csv, report.json and {len(report.sheets)} contact sheets")
+    print(f"{videos} renders in {report.seconds:.1f} s")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from videogen.info import describe
 
@@ -76,7 +121,28 @@ def cmd_build_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+LAZY_COMMANDS = {
+    "warp-noise": (
+        "videogen.noise.warp_cli",
+        "write Go-with-the-Flow warped noise and a preview mp4 from a motion spec",
+    ),
+    "train-trip": ("videogen.train.trip", "train TRIP's Temporal Noise Fusion module on videos"),
+}
+"""command -> (module whose ``register(subparsers)`` builds its parser, its one-line help)."""
+
+
+def _add_lazy(sub: argparse._SubParsersAction, name: str, command: str | None) -> None:
+    module, summary = LAZY_COMMANDS[name]
+    if command == name:
+        importlib.import_module(module).register(sub)
+    else:
+        sub.add_parser(name, help=summary)  # listed in the help; never the command run
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv`` (default ``sys.argv[1:]``), whose first word picks the lazy command to build."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    command = next((word for word in words if not word.startswith("-")), None)
     parser = argparse.ArgumentParser(
         prog="videogen",
         description="Render videos with latent video diffusion models (UNet3D family), on one or many workers.",
@@ -100,6 +166,22 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
     render.set_defaults(handler=cmd_render)
 
+    evaluate = sub.add_parser(
+        "eval",
+        help="render prompt suites with a model of the shapes world and score them against ground truth",
+        description=(
+            "Render every suite x prompt x seed of an evaluation file with one model, score each video "
+            "against its caption with the shapes world's measurements (colour, shape, count, direction, "
+            "speed, camera pan, temporal consistency) and report per-suite rates."
+        ),
+        epilog=EVAL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluate.add_argument("job", help="evaluation YAML file (configs/eval_shapes.yaml is a starting point)")
+    evaluate.add_argument("overrides", nargs="*", metavar="key=value", help="overrides merged over the file")
+    evaluate.add_argument("--no-progress", action="store_true", help="do not print a line per render")
+    evaluate.set_defaults(handler=cmd_eval)
+
     info = sub.add_parser("info", help="versions, devices and which optional backends work here")
     info.set_defaults(handler=cmd_info)
 
@@ -108,21 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0, help="weights are deterministic in this seed (default 0)")
     tiny.set_defaults(handler=cmd_build_tiny_model)
 
-    from videogen.noise.warp_cli import register as register_warp_noise
-
-    register_warp_noise(sub)
+    _add_lazy(sub, "warp-noise", command)
 
     from videogen.train.cli import register as register_train
-    from videogen.train.trip import register as register_train_trip
 
     register_train(sub)
-    register_train_trip(sub)
+    _add_lazy(sub, "train-trip", command)
     return parser
 
 
 def parse_command_line(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse ``argv``; ``key=value`` overrides may also come after the flags (``--resume x.y=1``)."""
-    parser = build_parser()
+    parser = build_parser(argv)
     args, extra = parser.parse_known_args(argv)
     if extra:
         if not hasattr(args, "overrides") or any(item.startswith("-") or "=" not in item for item in extra):
@@ -132,8 +211,9 @@ def parse_command_line(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _quiet_environment()
+    args = parse_command_line(argv)  # --help and usage errors exit here, before any heavy import
     _quiet_libraries()
-    args = parse_command_line(argv)
     try:
         return args.handler(args)
     except VideogenError as error:

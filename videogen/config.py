@@ -9,13 +9,15 @@ YAML is read with OmegaConf's safe loader: a config file never executes code.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, Node, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from videogen.errors import ConfigError
@@ -61,11 +63,14 @@ class PromptsConfig:
     """One prompt (``text``) or a schedule of prompts over frame ranges.
 
     With a schedule, each frame is conditioned on its own prompt; ``blend_frames`` > 0 blends
-    the text embeddings linearly over that many frames around each boundary.
+    the text embeddings linearly over that many frames around each boundary (the two segments
+    meeting there each give up their share, so no frame mixes more than two neighbouring prompts).
+    ``text: null`` (or ``negative: null``) is the empty prompt, so a job can switch to a schedule
+    from the command line.
     """
 
-    text: str = ""
-    negative: str = ""
+    text: str | None = ""
+    negative: str | None = ""
     schedule: list[PromptSegment] = field(default_factory=list)
     blend_frames: int = 0
 
@@ -232,23 +237,81 @@ def _read_yaml(path: Path) -> DictConfig:
         raise ConfigError(f"{path}: job file not found")
     try:
         loaded = OmegaConf.load(path)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8); a job file is YAML") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(error, 'problem', error)}") from None
+        problem = getattr(error, "problem", None) or _first_line(error)
+        raise ConfigError(f"{path}{where}: not valid YAML: {problem}") from None
+    except OSError as error:
+        if error.errno is None:  # OmegaConf's answer to a bare number or boolean
+            raise ConfigError(f"{path}: a job file must be a mapping of sections, not a single value") from None
+        raise ConfigError(f"{path}: cannot read the job file ({error.strerror or error})") from None
+    except (OmegaConfBaseException, ValueError, TypeError) as error:
+        raise ConfigError(f"{path}: not a job file: {_first_line(error)}") from None
     if loaded is None:
         return OmegaConf.create({})
     if not isinstance(loaded, DictConfig):
-        raise ConfigError(f"{path}: a job file must be a mapping of sections, not a list")
+        kind = "a list" if isinstance(loaded, ListConfig) else "a single value"
+        raise ConfigError(f"{path}: a job file must be a mapping of sections, not {kind}")
     return loaded
+
+
+def _kind(node: Any) -> str:
+    if isinstance(node, DictConfig) and not node._is_none():
+        return "a mapping"
+    if isinstance(node, ListConfig) and not node._is_none():
+        return "a list"
+    return "a single value"
+
+
+def _clash(base: Any, layer: Any, prefix: str = "") -> tuple[str, str, str] | None:
+    """(key, what ``base`` holds there, what ``layer`` gives) for the first key of ``layer`` whose kind
+    (mapping, list, single value) cannot replace a mapping or list of ``base``; None if there is none."""
+    if isinstance(base, DictConfig) and not base._is_none() and isinstance(layer, DictConfig) and not layer._is_none():
+        for key in layer.keys():
+            if key in base:
+                name = f"{prefix}.{key}" if prefix else str(key)
+                found = _clash(base._get_node(key), layer._get_node(key), name)
+                if found:
+                    return found
+        return None
+    if isinstance(base, ListConfig) and not base._is_none() and isinstance(layer, ListConfig) and not layer._is_none():
+        element = base._metadata.element_type
+        if not dataclasses.is_dataclass(element):
+            return None
+        prototype = OmegaConf.structured(element)
+        for i in range(len(layer)):
+            found = _clash(prototype, layer._get_node(i), f"{prefix}[{i}]")
+            if found:
+                return found
+        return None
+    if layer is None or (isinstance(layer, Node) and layer._is_none()):
+        return None  # null replaces an optional section, and is reported as such for another
+    if isinstance(base, (DictConfig, ListConfig)) and not base._is_none() and _kind(base) != _kind(layer):
+        return prefix or "?", _kind(base), _kind(layer)
+    return None
 
 
 def _merge_layer(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, layer)
-    except OmegaConfBaseException as error:
-        key = getattr(error, "full_key", None) or "?"
-        raise ConfigError(f"{source}: {key}: {_first_line(error)}") from None
+    except (OmegaConfBaseException, TypeError) as error:
+        # OmegaConf raises a bare TypeError, naming no key, when a list meets a mapping
+        clash = _clash(base, layer)
+        key = getattr(error, "full_key", None) or ""
+        if clash and (not key or clash[0].endswith(key)):
+            key = clash[0]  # a list's items merge into a fresh copy, whose keys lack the list's own
+        if isinstance(error, OmegaConfBaseException):
+            message = _first_line(error)
+        elif clash:
+            message = f"{clash[2]} cannot replace {clash[1]} here"
+            if clash[1] == "a list" and source.startswith("command line"):
+                message += f" (a list is given whole: {clash[0]}=[...]; one item cannot be set on its own)"
+        else:
+            raise
+        raise ConfigError(f"{source}: {key or '?'}: {message}") from None
 
 
 def _parse_override(item: str) -> DictConfig:
@@ -270,6 +333,10 @@ def _leaf_keys(config: Any, prefix: str = "") -> set[str]:
     return keys
 
 
+def _within(key: str, section: str) -> bool:
+    return key == section or key.startswith((section + ".", section + "["))
+
+
 @dataclass
 class LoadedJob:
     """A validated job and where each of its keys came from (for error messages)."""
@@ -280,9 +347,17 @@ class LoadedJob:
     override_keys: set[str]
 
     def origin(self, key: str) -> str:
-        if any(key == k or key.startswith(k + ".") for k in self.override_keys):
+        """``command line``, the file, or ``defaults``: the layer that set ``key`` or a section above it
+        (``suites[2].name`` belongs to ``suites``), the most specific one winning (an override of
+        ``sampler.steps`` does not claim the file's ``sampler.guidance_scale``)."""
+
+        def depth(keys: set[str]) -> int:
+            return max((len(k) for k in keys if _within(key, k)), default=-1)
+
+        override, file = depth(self.override_keys), depth(self.file_keys)
+        if override >= 0 and override >= file:
             return "command line"
-        if any(key == k or key.startswith(k + ".") for k in self.file_keys):
+        if file >= 0:
             return self.source
         return "defaults"
 
@@ -325,13 +400,18 @@ def load_layers(schema: type, path: str | Path | None, overrides: list[str] | tu
 def load_job(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> LoadedJob:
     """Merge defaults, the job YAML (if any) and overrides; validate; return the typed job."""
     loaded = load_layers(JobConfig, path, overrides)
+    prompts = loaded.config.prompts
+    prompts.text = prompts.text or ""  # null is the empty prompt
+    prompts.negative = prompts.negative or ""
     validate_job(loaded)
     return loaded
 
 
 def _problems(job: JobConfig) -> list[tuple[str, str]]:
     """(key, what is wrong) for every impossible value, in schema order."""
-    out: list[tuple[str, str]] = []
+    out: list[tuple[str, str]] = non_finite_numbers(job)
+    if out:  # every comparison below is false for nan: report these alone
+        return out
     v, s, o, p = job.video, job.sampler, job.output, job.prompts
     for key, value in (("video.width", v.width), ("video.height", v.height)):
         if value <= 0 or value % 8:
@@ -360,7 +440,11 @@ def _problems(job: JobConfig) -> list[tuple[str, str]]:
         except ConfigError as error:
             key, _, message = str(error).partition(": ")
             out.append((key, message))
-    if Path(o.path).suffix.lower() not in OUTPUT_FORMATS:
+    if not o.path.strip():
+        out.append(("output.path", "is empty; give a .mp4 or .gif file, or a folder for PNG frames"))
+    elif Path(o.path).name in ("", ".", ".."):
+        out.append(("output.path", f"{o.path!r} names no file or folder of its own"))
+    elif Path(o.path).suffix.lower() not in OUTPUT_FORMATS:
         out.append(("output.path", f"{o.path}: use .mp4, .gif, or no suffix for a folder of PNG frames"))
     if not 0 <= o.crf <= 51:
         out.append(("output.crf", f"{o.crf}: libx264 CRF is within [0, 51]"))
@@ -378,8 +462,64 @@ def _problems(job: JobConfig) -> list[tuple[str, str]]:
         if not 0 <= seg.start < end <= v.num_frames:
             out.append((key, f"frames [{seg.start}, {seg.end}) are not within the video's {v.num_frames} frames"))
     if p.schedule:
-        out.extend(_schedule_gaps(p.schedule, v.num_frames))
+        gaps = _schedule_gaps(p.schedule, v.num_frames)
+        out.extend(gaps)
+        if not gaps and p.blend_frames > 0:
+            out.extend(_blend_problems(p.schedule, v.num_frames, p.blend_frames))
     return out
+
+
+def non_finite_numbers(config: Any, key: str = "") -> list[tuple[str, str]]:
+    """(key, what is wrong) for every nan or infinite number anywhere in ``config`` (dataclasses, lists, dicts)."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return [
+            problem
+            for f in dataclasses.fields(config)
+            for problem in non_finite_numbers(getattr(config, f.name), f"{key}.{f.name}" if key else f.name)
+        ]
+    if isinstance(config, (list, tuple)):
+        return [problem for i, item in enumerate(config) for problem in non_finite_numbers(item, f"{key}[{i}]")]
+    if isinstance(config, dict):
+        return [problem for k, item in config.items() for problem in non_finite_numbers(item, f"{key}.{k}")]
+    if isinstance(config, float) and not math.isfinite(config):
+        return [(key, f"{config} is not a finite number")]
+    return []
+
+
+def blend_split(blend_frames: int) -> tuple[int, int]:
+    """How many of the ``blend_frames`` blended frames lie before and after a schedule boundary."""
+    before = blend_frames // 2
+    return before, blend_frames - before
+
+
+def _blend_overflow(schedule: list[PromptSegment], num_frames: int, blend_frames: int) -> tuple[int, int, int] | None:
+    """(segment index, frames it gives to blends, its frames) for the first segment shorter than the blended
+    frames it gives to its boundaries (its own prompt would vanish and two boundaries' blends would overlap)."""
+    before, after = blend_split(blend_frames)
+    ordered = sorted(range(len(schedule)), key=lambda i: schedule[i].start)
+    for position, index in enumerate(ordered):
+        seg = schedule[index]
+        length = (num_frames if seg.end is None else seg.end) - seg.start
+        given = (after if position > 0 else 0) + (before if position < len(ordered) - 1 else 0)
+        if given > length:
+            return index, given, length
+    return None
+
+
+def _blend_problems(schedule: list[PromptSegment], num_frames: int, blend_frames: int) -> list[tuple[str, str]]:
+    overflow = _blend_overflow(schedule, num_frames, blend_frames)
+    if overflow is None:
+        return []
+    index, given, length = overflow
+    widest = range(min(blend_frames - 1, num_frames), 0, -1)
+    largest = next((b for b in widest if not _blend_overflow(schedule, num_frames, b)), 0)
+    return [
+        (
+            "prompts.blend_frames",
+            f"{blend_frames} blended frames per boundary take {given} frames of prompts.schedule[{index}], "
+            f"which has {length}; use at most {largest}, or longer segments",
+        )
+    ]
 
 
 def _parallel_problems(job: JobConfig) -> list[tuple[str, str]]:
@@ -391,8 +531,18 @@ def _parallel_problems(job: JobConfig) -> list[tuple[str, str]]:
     if par.clip_mode == "exact" and par.groupnorm != "exact":
         out.append(("parallel.groupnorm", "local statistics only go with parallel.clip_mode: dual_scope"))
     ds = par.dual_scope
+    shortest = job.video.num_frames // par.clip if par.clip >= 1 else 0
     if ds.local_radius < 1:
         out.append(("parallel.dual_scope.local_radius", f"{ds.local_radius}: must be >= 1"))
+    elif par.clip_mode == "dual_scope" and par.clip > 1 and 1 <= shortest < ds.local_radius:
+        out.append(
+            (
+                "parallel.dual_scope.local_radius",
+                f"{ds.local_radius} is more than the shortest clip ({shortest} of {job.video.num_frames} frames "
+                f"over {par.clip} workers): each worker exchanges local_radius frames with its neighbours; "
+                f"use at most {shortest}, or fewer workers",
+            )
+        )
     if ds.global_frames < 1:
         out.append(("parallel.dual_scope.global_frames", f"{ds.global_frames}: must be >= 1"))
     if par.patch < 1 or par.step < 1 or par.cfg not in (1, 2):
@@ -432,6 +582,11 @@ def _schedule_gaps(schedule: list[PromptSegment], num_frames: int) -> list[tuple
         first = covered.index(False)
         return [("prompts.schedule", f"frame {first} has no prompt; the schedule must cover every frame")]
     return []
+
+
+def job_problems(job: JobConfig) -> list[tuple[str, str]]:
+    """(key, what is wrong) for every impossible value of a typed render job, in schema order."""
+    return _problems(job)
 
 
 def validate_job(loaded: LoadedJob) -> None:

@@ -8,6 +8,8 @@ worker owns, the hooks it adds and how it installs itself on the UNet.
 from __future__ import annotations
 
 import json
+import math
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -25,15 +27,23 @@ from videogen.checkpoint import (
     load_checkpoint,
     resume_step,
 )
-from videogen.config import JobConfig, resolve_seed, to_yaml
+from videogen.config import JobConfig, output_format, resolve_seed, to_yaml
 from videogen.decode import decode_chunks, to_uint8
-from videogen.errors import ConfigError, MediaError
-from videogen.io.atomic import write_text_atomic
+from videogen.errors import ConfigError, MediaError, ModelLoadError
+from videogen.io.atomic import check_target, write_text_atomic
 from videogen.io.image import load_image
-from videogen.io.writer import open_sink
+from videogen.io.writer import foreign_entry, open_sink
 from videogen.models.attention import check_backend, set_attention_backend
 from videogen.models.frame_context import FrameContext, install_frame_context
-from videogen.models.loader import DTYPES, ModelBundle, load_bundle, resolve_device
+from videogen.models.loader import (
+    DTYPES,
+    ModelBundle,
+    component_config,
+    component_dir,
+    load_bundle,
+    load_scheduler_config,
+    resolve_device,
+)
 from videogen.models.trip_fusion import load_fusion
 from videogen.noise.gaussian import video_noise
 from videogen.noise.i2v_spec import prior_schedule, resolve_fusion
@@ -240,6 +250,84 @@ def check_inputs(job: JobConfig) -> None:
             raise MediaError(f"image.path: {error}") from None
 
 
+def check_output(job: JobConfig, resume: bool = False) -> None:
+    """Refuse, before any weights load, an output location that cannot be written or would delete a user's files.
+
+    ``output.path`` must be writable as its format's kind (a file for .mp4/.gif, a folder for PNG frames);
+    an existing folder is replaced only when it holds nothing but frames. ``output.checkpoint_dir`` must
+    be a folder where checkpoints are written or read.
+    """
+    target = Path(job.output.path)
+    folder = output_format(job.output.path) == "png"
+    check_target(target, "output.path", "folder" if folder else "file")
+    if folder and target.is_dir() and (name := foreign_entry(target)) is not None:
+        raise ConfigError(
+            f"output.path: {target} is a folder holding {name}, which videogen did not write; "
+            "PNG frames replace only a previous folder of frames, so give a new or empty folder"
+        )
+    if job.sampler.checkpoint_every > 0 or resume or job.output.checkpoint_dir:
+        check_target(checkpoint_dir(job), "output.checkpoint_dir", "folder")
+
+
+def _memory_bytes(device: torch.device) -> int | None:
+    """Total memory of ``device`` (the host's RAM for the CPU), or None when unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_model_limits(job: JobConfig) -> None:
+    """Bound the job by what its model and scheduler accept, from their config files, before any weights load.
+
+    ``sampler.steps`` is at most the scheduler's training timesteps; width and height are multiples of
+    the model's total downsampling; and the UNet's first-level activations for one worker's frames
+    (both guidance branches) must fit in the device's memory, which bounds size and frame count together.
+    """
+    scheduler_folder = component_dir(job.model, "scheduler")
+    if isinstance(scheduler_folder, Path):
+        timesteps = int(load_scheduler_config(job.model).get("num_train_timesteps", 1000))
+        if job.sampler.steps > timesteps:
+            raise ConfigError(
+                f"sampler.steps: {job.sampler.steps} is more than the {timesteps} timesteps the model's scheduler "
+                f"knows ({scheduler_folder}); use at most {timesteps}"
+            )
+    unet, vae = component_config(job.model, "unet"), component_config(job.model, "vae")
+    if unet is None or vae is None:
+        return
+    try:
+        vae_factor = 2 ** (len(vae["block_out_channels"]) - 1)
+        channels = list(unet["block_out_channels"])
+    except (KeyError, TypeError):
+        return  # the loader says what is wrong with the folder
+    multiple = vae_factor * 2 ** (len(channels) - 1)
+    v = job.video
+    for key, value in (("video.width", v.width), ("video.height", v.height)):
+        if value % multiple:
+            raise ConfigError(
+                f"{key}: {value} is not a multiple of {multiple}, which this model needs "
+                f"(VAE x{vae_factor}, {len(channels)} UNet levels)"
+            )
+    try:
+        device = resolve_device(job.model.device)
+    except ModelLoadError:
+        return  # the driver may lack the workers' devices; each worker's loader checks its own
+    memory = _memory_bytes(device)
+    frames = math.ceil(v.num_frames / max(job.parallel.clip, 1))
+    branches = 2 if job.sampler.guidance_scale > 1 else 1
+    element = torch.finfo(DTYPES[job.model.dtype]).bits // 8
+    need = branches * channels[0] * frames * (v.height // vae_factor) * (v.width // vae_factor) * element
+    if memory is not None and need > memory:
+        raise ConfigError(
+            f"video.width x video.height x video.num_frames: {v.width}x{v.height} with {frames} frames per worker "
+            f"needs at least {need / 2**30:.3g} GiB for the UNet's first level alone, more than the "
+            f"{memory / 2**30:.3g} GiB of {device.type} memory here; render a smaller or shorter video, "
+            "or on more clip workers"
+        )
+
+
 def prepare_bundle(job: JobConfig, bundle: ModelBundle | None = None) -> ModelBundle:
     if bundle is None:
         check_backend(job.model.attention, resolve_device(job.model.device), DTYPES[job.model.dtype])
@@ -273,9 +361,12 @@ def render(
     started = time.perf_counter()
     seed = resolve_seed(job)
     check_inputs(job)
-    bundle = prepare_bundle(job, bundle)
+    check_output(job, resume)
+    if bundle is None:
+        check_model_limits(job)
     slot = WorkerSlot()
     start = resume_step(checkpoint_dir(job), slot_frames(job, slot)) if resume else None
+    bundle = prepare_bundle(job, bundle)
     latents, evaluations, resumed = denoise(job, bundle, seed, slot, resume_from=start, progress=progress)
     output = Path(job.output.path)
     frames = decode_to(job, bundle, latents, output)

@@ -3,8 +3,11 @@
 UNet3D folds frames into the batch before its spatial layers, so every frame can attend to its
 own text embedding. With one prompt, all frames share one embedding (the model's ordinary
 path). With a schedule, frame ``f`` gets the embedding of the segment that covers it; with
-``blend_frames = b > 0``, the ``b`` frames centred on a boundary between segments A and B get
-``(1 - w) * E_A + w * E_B`` with ``w`` rising linearly from ``1/(2b)`` to ``1 - 1/(2b)``.
+``blend_frames = b > 0``, the ``b`` frames centred on a boundary between segments A and B (the last
+``b // 2`` of A and the first ``b - b // 2`` of B) get ``(1 - w) * E_A + w * E_B`` with ``w`` rising
+linearly from ``1/(2b)`` to ``1 - 1/(2b)``. Every frame's weights therefore come from its own segment
+and at most one neighbour, and sum to 1; a segment too short to give its boundaries those frames is
+refused when the job is validated (``prompts.blend_frames``).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from videogen.config import PromptsConfig
+from videogen.config import PromptsConfig, blend_split
+from videogen.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -40,16 +44,22 @@ def frame_weights(cfg: PromptsConfig, num_frames: int) -> list[FrameWeights]:
     b = cfg.blend_frames
     if b <= 0:
         return weights
+    blended = [False] * num_frames
     for boundary in range(1, num_frames):
         before, after = owner[boundary - 1], owner[boundary]
         if before == after:
             continue
-        first = boundary - b // 2
+        first = boundary - blend_split(b)[0]
         for k in range(b):
             f = first + k
-            if 0 <= f < num_frames:
-                w = (k + 0.5) / b
-                weights[f] = FrameWeights(((before, 1.0 - w), (after, w)))
+            if not 0 <= f < num_frames or blended[f] or owner[f] not in (before, after):
+                raise ConfigError(
+                    f"prompts.blend_frames: {b} blended frames around frame {boundary} reach beyond the two "
+                    "segments that meet there; use fewer blended frames or longer segments"
+                )
+            blended[f] = True
+            w = (k + 0.5) / b
+            weights[f] = FrameWeights(((before, 1.0 - w), (after, w)))
     return weights
 
 

@@ -2,11 +2,14 @@
 
 Frames arrive in chunks of ``(N, H, W, 3)`` uint8 and are encoded as they come, so memory stays
 flat however long the video is. Everything is written under a temporary name and renamed on
-:meth:`FrameSink.close`; leaving the ``with`` block by an exception discards it instead.
+:meth:`FrameSink.close`; leaving the ``with`` block by an exception, or a ``close`` that fails,
+discards it instead. A PNG folder replaces only a folder of frames (:func:`foreign_entry`):
+a folder holding anything else is never deleted.
 """
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,6 +19,16 @@ import numpy as np
 
 from videogen.errors import MediaError
 from videogen.io.atomic import commit, discard, partial_path
+
+FRAME_NAME = re.compile(r"^frame_\d{6}\.png$")
+
+
+def foreign_entry(folder: Path) -> str | None:
+    """The first entry of ``folder`` that is not a ``frame_NNNNNN.png`` file, or None."""
+    for entry in sorted(Path(folder).iterdir()):
+        if not (entry.is_file() and FRAME_NAME.match(entry.name)):
+            return entry.name
+    return None
 
 
 class FrameSink:
@@ -35,8 +48,13 @@ class FrameSink:
         self.frames_written += len(frames)
 
     def close(self) -> Path:
-        self._finish()
-        commit(self.partial, self.target)
+        """Finish and move the output under its final name; on any failure discard it and re-raise."""
+        try:
+            self._finish()
+            commit(self.partial, self.target)
+        except BaseException:
+            self.abort()
+            raise
         return self.target
 
     def abort(self) -> None:
@@ -104,7 +122,16 @@ class PyAVSink(FrameSink):
 
 
 class PNGFolderSink(FrameSink):
-    """``frame_000000.png``, ... in a folder that appears under its final name when complete."""
+    """``frame_000000.png``, ... in a folder that appears under its final name when complete.
+
+    An existing target folder is replaced only when it holds nothing but frames.
+    """
+
+    def __init__(self, target: Path):
+        target = Path(target)
+        if target.is_dir() and (name := foreign_entry(target)) is not None:
+            raise MediaError(f"{target}: the folder holds {name}, which videogen did not write; not replacing it")
+        super().__init__(target)
 
     def _write(self, frames: np.ndarray) -> None:
         self.partial.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,8 @@ A model is a diffusers-format folder: ``model_index.json`` plus ``unet/``, ``vae
 ``text_encoder/``, ``tokenizer/`` and ``scheduler/``. Any component can come from another folder
 (``model.unet: /path``), which holds the component's files either directly or in a subfolder of
 the component's name. Weights are read from safetensors only; pickled ``.bin`` weights are
-refused. A path that does not exist but looks like a hub id (``org/name``) is passed through to
+refused. A component whose ``config.json`` does not describe its weights is refused naming the first
+tensor that differs. A path that does not exist but looks like a hub id (``org/name``) is passed through to
 diffusers, which may then use the network; nothing in the tests or the demo does.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, UNet3DConditionModel
+from safetensors import safe_open
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from videogen.config import ModelConfig
@@ -113,12 +115,69 @@ def _require_safetensors(folder: Path | str, component: str) -> None:
     raise ModelLoadError(f"{folder}: no {component} weights (*.safetensors) found")
 
 
+def _expected_shapes(cls: type, folder: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the model ``folder``'s config.json describes, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        if hasattr(cls, "load_config"):  # diffusers
+            model = cls.from_config(cls.load_config(str(folder)))
+        else:  # transformers
+            model = cls(cls.config_class.from_pretrained(str(folder)))
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def _stored_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for name in handle.keys():
+                shapes.setdefault(name, tuple(handle.get_slice(name).get_shape()))
+    return shapes
+
+
+def config_mismatch(cls: type, folder: Path) -> str | None:
+    """The first tensor (in the model's order) where ``folder``'s config.json and its weights disagree, in
+    words, or None when they agree (or cannot be compared)."""
+    try:
+        expected, stored = _expected_shapes(cls, folder), _stored_shapes(folder)
+    except Exception:  # a diagnosis only: the load error is reported instead
+        return None
+    for name, shape in expected.items():
+        if name not in stored:
+            return f"{name} {list(shape)} is not in the weights"
+        if stored[name] != shape:
+            return f"{name} is {list(stored[name])} in the weights but {list(shape)} by config.json"
+    extra = next((name for name in stored if name not in expected), None)
+    return f"{extra} in the weights has no place in the model config.json describes" if extra else None
+
+
 def _load(what: str, folder: Path | str, fn, **kwargs):
     try:
         return fn(str(folder), **kwargs)
-    except (OSError, ValueError, json.JSONDecodeError, KeyError, TypeError) as error:
+    except (OSError, ValueError, json.JSONDecodeError, KeyError, TypeError, RuntimeError) as error:
+        cls = getattr(fn, "__self__", None)
+        if isinstance(folder, Path) and isinstance(cls, type) and issubclass(cls, torch.nn.Module):
+            mismatch = config_mismatch(cls, folder)
+            if mismatch is not None:
+                raise ModelLoadError(
+                    f"{folder}: the {what}'s config.json does not match its weights: {mismatch}"
+                ) from None
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelLoadError(f"{folder}: could not load the {what}: {first}") from None
+
+
+def component_config(cfg: ModelConfig, component: str) -> dict[str, Any] | None:
+    """``component``'s config.json as a dict, read without loading weights; None for a hub id."""
+    folder = component_dir(cfg, component)
+    if isinstance(folder, str):
+        return None
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelLoadError(f"{path}: not a readable JSON config ({error})") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object")
+    return config
 
 
 def _hub_kwargs(folder: Path | str, component: str) -> dict[str, Any]:

@@ -19,7 +19,8 @@ clips of ``frames`` frames, the videos in a fresh shuffled order every pass. A c
 
 Output (``--out``): ``trip_fusion/`` (config.json + diffusion_pytorch_model.safetensors; copy it into a
 model folder and renders find it), ``unet/`` with ``--train-unet``, and ``train_state.json``. Written
-every ``checkpoint_every`` steps and at the end, each folder replaced atomically.
+every ``checkpoint_every`` steps and at the end, each folder replaced atomically; the output folder
+appears with the first of them, so a run that fails before (an unreadable or too short video) leaves none.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ from diffusers import DDPMScheduler
 from videogen.config import ModelConfig
 from videogen.data.video_clips import VideoClipDataset
 from videogen.errors import ConfigError, VideogenError
-from videogen.io.atomic import atomic_folder, write_text_atomic
+from videogen.io.atomic import atomic_folder, check_target, write_text_atomic
 from videogen.models.loader import ModelBundle, load_bundle
+from videogen.models.text_condition import unet_text_kwargs
 from videogen.models.trip_fusion import FUSION_DIRNAME, TemporalNoiseFusion, save_fusion
 from videogen.noise.image_prior import epsilon_prior
 from videogen.prompts import encode_texts
@@ -148,7 +150,7 @@ def trip_loss(
     prior = epsilon_prior(z_t, latents[:, :, :1], abar)
     unet_dtype = next(unet.parameters()).dtype
     with torch.set_grad_enabled(torch.is_grad_enabled() and unet.training):
-        out = unet(z_t.to(unet_dtype), timesteps, encoder_hidden_states=text.to(unet_dtype)).sample.float()
+        out = unet(z_t.to(unet_dtype), timesteps, **unet_text_kwargs(unet, text.to(unet_dtype))).sample.float()
     if scheduler.config.prediction_type == "v_prediction":
         out = abar.sqrt() * out + (1 - abar).sqrt() * z_t
     fused = fusion(out, prior, timesteps, range(latents.shape[2]))
@@ -187,6 +189,7 @@ def _checkpoint(cfg: TrainConfig, fusion, unet, step: int, losses: list[float]) 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     """Run ``cfg.steps`` optimiser steps and write the checkpoints; returns the per-step losses."""
     check_config(cfg)
+    check_target(cfg.out, "--out", "folder")
     dataset = open_dataset(cfg)
     if dataset.uncaptioned:
         log(f"{len(dataset.uncaptioned)} of {len(dataset)} videos have no caption (they train with an empty one)")
@@ -194,7 +197,6 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     multiple = bundle.size_multiple
     if cfg.width % multiple or cfg.height % multiple:
         raise ConfigError(f"--width/--height: {cfg.width}x{cfg.height} is not a multiple of {multiple} for this model")
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
     scheduler = DDPMScheduler.from_config(bundle.scheduler_config)
     fusion = new_fusion(bundle, cfg)
     groups = [{"params": list(fusion.parameters()), "lr": cfg.lr}]
