@@ -1,12 +1,12 @@
 """Training benchmark: throughput of each `videogen train` stage, and what the bundled model renders.
 
 1. Throughput: the stages of ``configs/train_shapes.yaml`` (the bundled model's architecture and
-   batch sizes) for a few steps each in a temporary folder, in samples per second (VAE: frames;
-   UNet and TRIP: clips of ``data.frames`` frames), the first step included.
+   batch sizes) for a few steps each in a temporary folder, in samples per second (VAE and image
+   stage: frames; UNet and TRIP: clips of ``data.frames`` frames), the first step included.
 2. Prompt adherence of the bundled ``shapes`` model, measured with the synthetic world's own tools
    (``videogen.data.measure.score_video``: palette segmentation, shape templates, centroid tracks),
    never by eye: ``N`` renders of single-object captions that cycle through the palette, the shapes
-   and the eight directions, each with its own seed. Figures: the share of videos whose main object
+   and the eight directions (``videogen.eval``, seed 1000). Figures: the share of videos whose main object
    has the prompted colour and shape (``colour_shape``), and whose motion is the prompted direction
    within 22.5 degrees (``direction``).
 
@@ -19,7 +19,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -31,11 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from benchlib import machine, print_table, target, write_json  # noqa: E402
 
-from videogen.config import load_job  # noqa: E402
-from videogen.data.measure import score_video  # noqa: E402
-from videogen.data.shapes import DIRECTIONS, PALETTE, SHAPES  # noqa: E402
-from videogen.models.loader import load_bundle  # noqa: E402
-from videogen.pipeline import render_frames  # noqa: E402
+from videogen.config import ModelConfig  # noqa: E402
+from videogen.eval import EvalJob, SuiteSection, run_eval, single_object_prompts  # noqa: E402
 from videogen.train.config import load_train_job  # noqa: E402
 from videogen.train.run import train_job  # noqa: E402
 
@@ -45,14 +41,14 @@ TRAIN_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train_shapes.y
 def throughput(steps: int) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for stage in ("vae", "unet", "trip"):
+        for stage in ("vae", "image", "unet", "trip"):
             job = load_train_job(
                 TRAIN_CONFIG,
                 [f"out={tmp}/model", f"stages=[{stage}]", f"{stage}.steps={steps}", f"{stage}.checkpoint_every=0"],
             ).config
             result = train_job(job, progress=False, log=lambda _: None).stages[stage]
             section = getattr(job, stage)
-            unit = "frames" if stage == "vae" else f"clips of {job.data.frames}"
+            unit = "frames" if stage in ("vae", "image") else f"clips of {job.data.frames}"
             rows.append(
                 {
                     "stage": stage,
@@ -66,50 +62,35 @@ def throughput(steps: int) -> list[dict]:
     return rows
 
 
-def prompts(count: int) -> list[str]:
-    """Single-object captions cycling colours, shapes and the moving directions together."""
-    colours, moving = list(PALETTE), [d for d in DIRECTIONS if d != "still"]
-    out = []
-    for i in range(count):
-        colour, shape, direction = colours[i % len(colours)], SHAPES[i % len(SHAPES)], moving[i % len(moving)]
-        article = "an" if colour[0] in "aeiou" else "a"
-        out.append(f"{article} {colour} {shape} moving {direction}")
-    return out
-
-
 def adherence(model: str, count: int, steps: int, frames: int, guidance: float) -> list[dict]:
-    rows, bundle = [], None
-    for i, caption in enumerate(prompts(count)):
-        job = load_job(
-            None,
-            [
-                f"model.path={model}",
-                f"prompts.text={caption}",
-                "video.width=64",
-                "video.height=64",
-                f"video.num_frames={frames}",
-                f"sampler.steps={steps}",
-                f"sampler.guidance_scale={guidance}",
-                f"noise.seed={1000 + i}",
-            ],
-        ).config
-        bundle = bundle or load_bundle(job.model)
-        started = time.perf_counter()
-        video = render_frames(job, bundle=bundle)
-        seconds = time.perf_counter() - started
-        score = score_video(video, caption)
-        rows.append(
-            {
-                "caption": caption,
-                "colour": score.colour_ok,
-                "shape": score.shape_ok,
-                "direction": score.direction_ok,
-                "near": score.direction_near,
-                "velocity": f"({score.velocity[0]:+.2f}, {score.velocity[1]:+.2f})",
-                "s": seconds,
-            }
-        )
-    return rows
+    """``count`` single-object renders (``videogen.eval.single_object_prompts``), one seed, scored by
+    ``videogen eval``'s runner; nothing is written."""
+    job = EvalJob(
+        model=ModelConfig(path=model),
+        base={
+            "video.width": 64,
+            "video.height": 64,
+            "video.num_frames": frames,
+            "sampler.steps": steps,
+            "sampler.guidance_scale": guidance,
+        },
+        seeds=[1000],
+        suites=[SuiteSection(name="adherence", prompts=single_object_prompts(count))],
+        out=None,
+    )
+    report = run_eval(job, progress=False)
+    return [
+        {
+            "caption": row.prompt,
+            "colour": row.colour_ok,
+            "shape": row.shape_ok,
+            "direction": row.direction_ok,
+            "near": row.direction_near,
+            "velocity": f"({row.velocity_x:+.2f}, {row.velocity_y:+.2f})",
+            "s": row.seconds,
+        }
+        for row in report.rows
+    ]
 
 
 def main() -> None:
@@ -117,7 +98,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer steps and renders (under a minute on 2 cores)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--model", default="shapes", help="model to score (default: the bundled shapes model)")
-    parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale of the renders")
+    parser.add_argument("--guidance", type=float, default=6.0, help="classifier-free guidance scale of the renders")
     args = parser.parse_args()
     torch.manual_seed(0)
     stage_rows = throughput(steps=2 if args.quick else 5)

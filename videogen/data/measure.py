@@ -767,8 +767,9 @@ class ObjectScore:
     fraction of those frames where that blob is classified as the prompted shape;
     ``direction_ok``: measured direction equals the prompt's (for a moving prompt: within 22.5
     degrees and faster than ``still_speed``; for "standing still": slower than it);
-    ``direction_near``: the same with 45 degrees; ``speed_ok``: the measured speed is nearest the
-    prompted speed word's (``SPEEDS``, scaled by width / 64) among the three, or still for still;
+    ``direction_near``: the same with 45 degrees; ``speed_ok``: the object is seen moving (in at least
+    two frames) and its measured speed is nearest the prompted speed word's (``SPEEDS``, scaled by
+    width / 64) among the three, or it is still for still;
     ``jump_ratio``: :func:`track_jump_ratio`; ``area_cv``: :func:`area_stability`.
     """
 
@@ -928,7 +929,8 @@ def _score_object(
         ok = direction == prompt.direction
         near = direction != "still" and angle <= 45.0
         speeds = {word: value * width / 64.0 for word, value in SPEEDS.items()}
-        speed_ok = direction != "still" and min(speeds, key=lambda w: abs(speeds[w] - speed)) == prompt.speed
+        moving = direction not in ("still", "unknown")  # "unknown": never seen, no speed to compare
+        speed_ok = moving and min(speeds, key=lambda w: abs(speeds[w] - speed)) == prompt.speed
     return ObjectScore(
         prompt=prompt,
         track=track,

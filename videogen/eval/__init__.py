@@ -1,0 +1,38 @@
+"""``videogen eval``: ground-truth quality of a model of the shapes world, measured on its renders.
+
+An evaluation (:mod:`~videogen.eval.schema`) renders every suite x prompt x seed
+(:mod:`~videogen.eval.plan`, :mod:`~videogen.eval.runner`), scores each video against its prompt
+with the world's own measurements (:mod:`~videogen.eval.scoring`, built on
+:func:`videogen.data.measure.score_video`) and reports per-suite rates and means
+(:mod:`~videogen.eval.report`). docs/quality.md defines every figure.
+"""
+
+from videogen.eval.plan import REPEAT_SEED_STRIDE, RenderPlan, plan_renders
+from videogen.eval.prompts import single_object_prompts
+from videogen.eval.report import format_table, report_table, write_report
+from videogen.eval.runner import EvalReport, run_eval
+from videogen.eval.schema import EvalJob, ScoringSection, SheetSection, SuiteSection, eval_problems, load_eval_job
+from videogen.eval.scoring import SuiteSummary, VideoRow, score_row, summarize, summarize_suites
+
+__all__ = [
+    "REPEAT_SEED_STRIDE",
+    "EvalJob",
+    "EvalReport",
+    "RenderPlan",
+    "ScoringSection",
+    "SheetSection",
+    "SuiteSection",
+    "SuiteSummary",
+    "VideoRow",
+    "eval_problems",
+    "format_table",
+    "load_eval_job",
+    "plan_renders",
+    "report_table",
+    "run_eval",
+    "score_row",
+    "single_object_prompts",
+    "summarize",
+    "summarize_suites",
+    "write_report",
+]
