@@ -30,7 +30,7 @@ from videogen.config import JobConfig
 from videogen.errors import VideogenError
 from videogen.io.atomic import commit, discard, partial_path
 from videogen.io.concat import concat_segments
-from videogen.pipeline import WorkerSlot, decode_to, denoise, package_versions, write_job_record
+from videogen.pipeline import WorkerSlot, decode_to, denoise, image_record, package_versions, write_job_record
 
 
 @dataclass
@@ -223,6 +223,7 @@ def render_worker(rank: int, world_size: int, job: JobConfig, resume: bool, prog
                 "model_evaluations_rank0": evaluations,
                 "resumed_from_step": resumed,
                 "device": str(worker.bundle.device),
+                "image": image_record(job),
                 "versions": package_versions(),
             },
             Path(job.output.path),

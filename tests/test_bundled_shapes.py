@@ -8,6 +8,9 @@ pooled caption, v-prediction or the image prior fails here.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +20,7 @@ from videogen.data.measure import dominant_objects, score_video
 from videogen.io.image import load_image
 from videogen.models.bundled import SHAPES_DIR
 from videogen.models.loader import load_bundle
-from videogen.pipeline import prepare_bundle, render_frames
+from videogen.pipeline import prepare_bundle, render, render_frames
 
 PROMPTS = ["a red circle moving right", "a blue triangle moving up", "a yellow square moving left"]
 
@@ -82,3 +85,20 @@ def test_image_to_video_starts_from_the_image_and_keeps_its_object(shapes_bundle
     for frame in frames:
         blobs = dominant_objects(frame)
         assert blobs and blobs[0].colour == "green"
+
+
+def test_the_render_record_says_which_fusion_the_image_prior_used(shapes_bundle, tmp_path):
+    image = "configs/assets/green_square.png"
+    for fusion, expected in (("auto", str(SHAPES_DIR / "trip_fusion")), ("none", None)):
+        out = tmp_path / f"{fusion}.mp4"
+        job = shapes_job(
+            "a green square moving right",
+            f"image.path={image}",
+            f"image.fusion={fusion}",
+            "video.num_frames=4",
+            "sampler.steps=2",
+            f"output.path={out}",
+        )
+        render(job, bundle=shapes_bundle, progress=False)
+        record = json.loads(Path(f"{out}.meta.json").read_text())
+        assert record["image"] == {"path": image, "fusion": expected}

@@ -171,6 +171,15 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def image_record(job: JobConfig) -> dict | None:
+    """What ``.meta.json`` says of image-to-video: the image, and the trained fusion module used
+    (``fusion``: its folder, or None for TRIP's training-free linear fusion); None without an image."""
+    if not job.image.path:
+        return None
+    fusion = resolve_fusion(job.image, job.model.path)
+    return {"path": str(job.image.path), "fusion": str(fusion) if fusion else None}
+
+
 def write_job_record(job: JobConfig, result_meta: dict, output: Path) -> None:
     """``<output>.job.yaml`` (the resolved job, seed included) and ``<output>.meta.json``."""
     write_text_atomic(Path(f"{output}.job.yaml"), to_yaml(job))
@@ -380,6 +389,7 @@ def render(
             "model_evaluations": evaluations,
             "resumed_from_step": resumed,
             "device": str(bundle.device),
+            "image": image_record(job),
             "versions": package_versions(),
         },
         output,
