@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from videogen.config import ModelConfig, load_job
 from videogen.data.measure import dominant_objects, score_video
@@ -51,6 +52,9 @@ def test_the_bundled_model_is_fp16_on_disk_and_small():
     files = [p for p in SHAPES_DIR.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) < 20 * 2**20
     assert not [p for p in files if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+    for weights in SHAPES_DIR.rglob("*.safetensors"):
+        with safe_open(str(weights), "pt") as tensors:
+            assert {tensors.get_slice(k).get_dtype() for k in tensors.keys()} == {"F16"}, weights
     bundle = load_bundle(ModelConfig(path="shapes"))
     assert next(bundle.unet.parameters()).dtype == torch.float32
     assert bundle.unet.config.time_cond_proj_dim == bundle.text_encoder.config.hidden_size

@@ -5,7 +5,7 @@ A ``UNet3DConditionModel`` built with ``time_cond_proj_dim`` adds ``W c`` to its
 it the caption pooled over tokens, ``c = (1/L) sum_l h_l`` of the text encoder's last hidden states
 ``h`` (``L`` tokens, padding included), so every ResNet block sees the caption through the time
 embedding as well as through cross-attention (as class labels condition ADM; Dhariwal & Nichol,
-2021, Sec. 3). A small model learns colour and shape from a prompt much sooner this way.
+2021, Sec. 3).
 
 Every UNet call (rendering, every training stage) goes through :func:`unet_text_kwargs`, so a model
 with the pooled input renders in every parallel mode unchanged. With a per-frame prompt schedule
