@@ -26,6 +26,7 @@ many.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -123,6 +124,19 @@ class AxisComm:
         work = dist.all_gather(out, tensor, group=self.group, async_op=True)
         self.stats.record(self.axis, kind, nbytes(tensor), (self.size - 1) * nbytes(tensor))
         return InFlight([work], out, (tensor,))
+
+    def gather_objects(self, obj: Any, kind: str, dst: int = 0) -> list[Any] | None:
+        """Every rank's picklable ``obj`` on group rank ``dst`` (in rank order), None elsewhere."""
+        if self.size == 1:
+            return [obj]
+        out = [None] * self.size if self.rank == dst else None
+        dist.gather_object(obj, out, dst=dist.get_global_rank(self.group, dst), group=self.group)
+        if self.rank == dst:
+            received = sum(len(pickle.dumps(o)) for rank, o in enumerate(out) if rank != dst)
+            self.stats.record(self.axis, kind, 0, received)
+        else:
+            self.stats.record(self.axis, kind, len(pickle.dumps(obj)), 0)
+        return out
 
     def all_gather_uneven(self, tensor: torch.Tensor, dim: int, sizes: list[int], kind: str) -> torch.Tensor:
         """Concatenate along ``dim`` every rank's ``tensor``, whose length there is ``sizes[rank]``.

@@ -45,6 +45,9 @@ class WorkerReport:
     resumed_from_step: int | None
     traffic: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> calls, bytes sent/received
     output: str | None = None
+    coords: dict[str, int] = field(default_factory=dict)  # the worker's index along each mesh axis
+    rows: tuple[int, int] | None = None  # the latent rows (columns with patch_options.split: w) it denoises
+    decoded: tuple[int, int] | None = None  # the frames it decoded and wrote, if any
 
 
 def plan_of(job: JobConfig) -> ParallelPlan:
@@ -203,11 +206,21 @@ def render_worker(rank: int, world_size: int, job: JobConfig, resume: bool, prog
         for axis in ("clip", "patch", "cfg", "step")
         for kind, t in worker.stats.by_kind(axis).items()
     }
-    dist.barrier()
     frames = worker.frames
+    band = worker.split.band(worker.comms["patch"].rank)
     report = WorkerReport(
-        rank, (frames.start, frames.stop), evaluations, 0.0, str(worker.bundle.device), resumed, traffic
+        rank,
+        (frames.start, frames.stop),
+        evaluations,
+        round(time.perf_counter() - started, 3),
+        str(worker.bundle.device),
+        resumed,
+        traffic,
+        coords=worker.coords,
+        rows=(band.start, band.stop),
+        decoded=(share.start, share.stop) if share is not None else None,
     )
+    reports = world.gather_objects(asdict(report), "report")  # after every segment is written
     if rank == 0:
         written = join_segments(job)
         report.output = job.output.path
@@ -217,7 +230,7 @@ def render_worker(rank: int, world_size: int, job: JobConfig, resume: bool, prog
                 "seed": job.noise.seed,
                 "frames": written,
                 "workers": world_size,
-                "mesh": {axis: getattr(worker.plan, axis) for axis in ("clip", "patch", "cfg", "step")},
+                "mesh": job.parallel.mesh(),
                 "clips": [[c.start, c.stop] for c in clips],
                 "seconds": round(time.perf_counter() - started, 3),
                 "model_evaluations_rank0": evaluations,
@@ -225,8 +238,22 @@ def render_worker(rank: int, world_size: int, job: JobConfig, resume: bool, prog
                 "device": str(worker.bundle.device),
                 "image": image_record(job),
                 "versions": package_versions(),
+                "worker_reports": [_record_of(r) for r in reports],
             },
             Path(job.output.path),
         )
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _record_of(report: dict) -> dict:
+    """A worker's entry in ``.meta.json``: its place, its share and what it did (traffic totals per axis)."""
+    out = {key: value for key, value in report.items() if key not in ("traffic", "output")}
+    totals: dict[str, dict[str, int]] = {}
+    for name, t in report["traffic"].items():
+        axis = name.split(".", 1)[0]
+        into = totals.setdefault(axis, {"calls": 0, "bytes_sent": 0, "bytes_received": 0})
+        for key in into:
+            into[key] += t[key]
+    out["traffic"] = totals
+    return out

@@ -54,16 +54,9 @@ def _quiet_libraries() -> None:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from videogen.config import load_job
-    from videogen.pipeline import render
+    from videogen.api import render_job
 
-    job = load_job(args.job, args.overrides).config
-    if job.parallel.clip > 1:
-        from parallel.runner import render_parallel
-
-        result = render_parallel(job, resume=args.resume, progress=not args.no_progress)
-    else:
-        result = render(job, resume=args.resume, progress=not args.no_progress)
+    result = render_job(args.job, args.overrides, resume=args.resume, progress=not args.no_progress)
     print(
         f"wrote {result.output} ({result.frames} frames, seed {result.seed}, "
         f"{result.model_evaluations} model evaluations, {result.seconds:.1f} s)"

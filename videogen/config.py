@@ -174,6 +174,15 @@ class ParallelConfig:
     launcher: Literal["ray", "local"] = "ray"
     threads_per_worker: int = 0
 
+    @property
+    def world_size(self) -> int:
+        """How many workers the job runs on: clip x patch x cfg x step."""
+        return self.clip * self.patch * self.cfg * self.step
+
+    def mesh(self) -> dict[str, int]:
+        """The size of each axis, outermost first (the order of ``parallel.mesh.AXES``)."""
+        return {"step": self.step, "cfg": self.cfg, "clip": self.clip, "patch": self.patch}
+
 
 @dataclass
 class RayConfig:

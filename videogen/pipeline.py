@@ -346,11 +346,22 @@ def prepare_bundle(job: JobConfig, bundle: ModelBundle | None = None) -> ModelBu
     return bundle
 
 
+def check_one_worker(job: JobConfig) -> None:
+    """Raise unless ``job`` asks for one worker: this process renders alone, it never splits a video."""
+    if job.parallel.world_size > 1:
+        axes = " x ".join(f"{axis}={n}" for axis, n in job.parallel.mesh().items() if n > 1)
+        raise ConfigError(
+            f"parallel: the job asks for {job.parallel.world_size} workers ({axes}); this function renders on "
+            "one process: use videogen.api.render_job, which starts the workers"
+        )
+
+
 def render_frames(job: JobConfig, *, bundle: ModelBundle | None = None, progress: bool = False) -> np.ndarray:
     """Render ``job`` on this process and return its frames ``(F, H, W, 3)`` uint8, writing nothing.
 
     The same sampling and decoding as :func:`render`, for evaluation and benchmarks that score frames.
     """
+    check_one_worker(job)
     seed = resolve_seed(job)
     check_inputs(job)
     bundle = prepare_bundle(job, bundle)
@@ -366,7 +377,11 @@ def render(
     bundle: ModelBundle | None = None,
     progress: bool = True,
 ) -> RenderResult:
-    """Render ``job`` on this process and write ``job.output.path`` (atomically)."""
+    """Render ``job`` on this process and write ``job.output.path`` (atomically).
+
+    A one-worker job only (:func:`videogen.api.render_job` dispatches by the job's world size).
+    """
+    check_one_worker(job)
     started = time.perf_counter()
     seed = resolve_seed(job)
     check_inputs(job)
@@ -385,6 +400,8 @@ def render(
         {
             "seed": seed,
             "frames": frames,
+            "workers": 1,
+            "mesh": job.parallel.mesh(),
             "seconds": round(seconds, 3),
             "model_evaluations": evaluations,
             "resumed_from_step": resumed,

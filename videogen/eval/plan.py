@@ -175,12 +175,6 @@ def suite_template(job: EvalJob, index: int) -> tuple[JobConfig | None, list[Pro
     return render, [(_file_key(key, set_by, where + ".overrides"), message) for key, message in found]
 
 
-def workers_of(job: JobConfig) -> int:
-    """How many workers render ``job``: clip x patch x cfg x step."""
-    par = job.parallel
-    return par.clip * par.patch * par.cfg * par.step
-
-
 def suite_seeds(job: EvalJob, index: int) -> list[int]:
     """Suite ``index``'s seeds: the evaluation's, then each further ``repeat`` pass's (``+ k * stride``)."""
     seeds = seed_list(job.seeds)
@@ -209,6 +203,6 @@ def plan_renders(job: EvalJob) -> list[RenderPlan]:
                 render = copy.deepcopy(template)
                 render.prompts.text = prompt
                 render.noise.seed = seed
-                plans.append(RenderPlan(suite.name, index, prompt, seed, workers_of(render), render))
+                plans.append(RenderPlan(suite.name, index, prompt, seed, render.parallel.world_size, render))
                 index += 1
     return plans

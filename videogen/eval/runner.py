@@ -4,7 +4,7 @@ One-worker renders run in this process on one model bundle, loaded once
 (:func:`videogen.pipeline.prepare_bundle`) before the first of them and reused
 (:func:`videogen.pipeline.render_frames`); their ``seconds`` exclude loading. A suite whose
 ``parallel`` section asks for more than one worker renders through the parallel runner
-(:func:`parallel.runner.render_parallel`, as ``videogen render`` does) into a lossless PNG folder
+(:func:`videogen.api.render_job`, as ``videogen render`` does) into a lossless PNG folder
 that is read back and removed; its ``seconds`` include starting the workers and their model loads.
 """
 
@@ -93,12 +93,12 @@ def render_in_parallel(job: JobConfig, folder: Path) -> np.ndarray:
     """Render ``job`` on its workers into a PNG folder under ``folder``; return its frames (F, H, W, 3)."""
     import imageio.v3 as iio
 
-    from parallel.runner import render_parallel
+    from videogen.api import render_job
 
     target = folder / "frames"
     job.output.path = str(target)
     try:
-        render_parallel(job, progress=False)
+        render_job(job, progress=False)
         return np.stack([np.asarray(iio.imread(p))[..., :3] for p in sorted(target.glob("frame_*.png"))])
     finally:
         shutil.rmtree(target, ignore_errors=True)
