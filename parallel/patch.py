@@ -761,17 +761,21 @@ def traffic_per_step(
     frames: int,
     element_size: int = 4,
     synchronous: bool = False,
+    rank: int | None = None,
 ) -> dict[str, float]:
-    """Bytes received per patch worker (mean over workers) in one denoising step, by kind.
+    """Bytes received per patch worker in one denoising step, by kind: patch worker ``rank``'s, or with
+    ``rank=None`` the mean over the workers.
 
     From the module structure: one UNet forward on the meta device (no weights, no compute)
     records every wrapped layer's full-frame input; then, with ``N`` bands of length ``L`` along
     the split axis and ``R`` the size of a row (column) of a layer input:
 
-    - ``conv_halo``: ``(N-1)/N (before + after) R`` per conv;
+    - ``conv_halo``: ``(N-1)/N (before + after) R`` per conv (a worker receives ``before R`` from the
+      previous band and ``after R`` from the next, where they exist);
     - ``groupnorm``: the all-reduced ``(S1, S2)``: ``2 x batch x groups`` float64 per norm;
     - ``attn_kv`` (synchronous calls, and displaced full conditioning): ``(N-1)`` bands of K and V;
-    - ``attn_band`` (displaced PCPP): ``2 (N-1)/N`` neighbour bands of ``band_rows(portion, L)`` rows of K and V;
+    - ``attn_band`` (displaced PCPP): ``2 (N-1)/N`` neighbour bands (a worker's one or two) of
+      ``band_rows(portion, L)`` rows of K and V;
     - ``output``: the other ``N-1`` bands of the guided output ``(1, C, frames, H, W)``.
 
     ``batch`` is the UNet batch (2 with classifier-free guidance batched), ``element_size`` the
@@ -782,6 +786,7 @@ def traffic_per_step(
     modules, shapes = _layer_inputs(unet, (batch, unet.config.in_channels, frames, h, w))
     along = 0 if split.dim == "h" else 1
     share = (n - 1) / n
+    has_previous, has_next = (share, share) if rank is None else (float(rank > 0), float(rank < n - 1))
     out: dict[str, float] = {}
 
     def add(kind: str, value: float) -> None:
@@ -791,7 +796,8 @@ def traffic_per_step(
         halo = _conv_halo(path, conv, split.axis)
         if halo is not None and path in shapes:
             b, c, rows, cols = shapes[path]
-            add("conv_halo", share * (halo.before + halo.after) * b * c * (cols, rows)[along] * element_size)
+            received = has_previous * halo.before + has_next * halo.after
+            add("conv_halo", received * b * c * (cols, rows)[along] * element_size)
     for path, norm in modules.norms:
         if path in shapes:
             add("groupnorm", (2 * shapes[path][0] * norm.num_groups * 8) if n > 1 else 0)
@@ -805,6 +811,6 @@ def traffic_per_step(
             add("attn_kv", (n - 1) * kv)
         else:
             rows = band_rows(config.portion, local_hw[along])
-            add("attn_band", 2 * share * kv * rows / local_hw[along])
+            add("attn_band", (has_previous + has_next) * kv * rows / local_hw[along])
     add("output", (n - 1) * unet.config.out_channels * frames * h * w / n * element_size)
     return {kind: value for kind, value in out.items() if value}

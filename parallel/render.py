@@ -247,13 +247,11 @@ def render_worker(rank: int, world_size: int, job: JobConfig, resume: bool, prog
 
 
 def _record_of(report: dict) -> dict:
-    """A worker's entry in ``.meta.json``: its place, its share and what it did (traffic totals per axis)."""
+    """A worker's entry in ``.meta.json``: its place, its share and what it did, traffic by axis and kind."""
     out = {key: value for key, value in report.items() if key not in ("traffic", "output")}
-    totals: dict[str, dict[str, int]] = {}
+    traffic: dict[str, dict[str, dict[str, int]]] = {}
     for name, t in report["traffic"].items():
-        axis = name.split(".", 1)[0]
-        into = totals.setdefault(axis, {"calls": 0, "bytes_sent": 0, "bytes_received": 0})
-        for key in into:
-            into[key] += t[key]
-    out["traffic"] = totals
+        axis, kind = name.split(".", 1)
+        traffic.setdefault(axis, {})[kind] = t
+    out["traffic"] = traffic
     return out

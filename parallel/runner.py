@@ -12,25 +12,19 @@ import time
 from pathlib import Path
 
 from parallel.launch import WorkerError, run_local, write_failure_log
-from parallel.render import job_clips, plan_of, render_worker, segments_dir
+from parallel.plan import preflight_errors
+from parallel.render import plan_of, render_worker, segments_dir
 from videogen.config import JobConfig, resolve_seed
-from videogen.errors import ConfigError, VideogenError
-from videogen.models.loader import COMPONENTS, component_dir
-from videogen.pipeline import RenderResult, check_inputs, check_model_limits, check_output
+from videogen.errors import VideogenError
+from videogen.pipeline import RenderResult
 
 LOCAL_TIMEOUT_S = 7 * 24 * 3600.0  # a render may take days; dead workers are detected at once
 
 
 def _preflight(job: JobConfig, resume: bool) -> None:
-    try:
-        job_clips(job)
-    except ConfigError as error:
-        raise ConfigError(f"parallel.clip: {error}") from None
-    for component in COMPONENTS:
-        component_dir(job.model, component)
-    check_inputs(job)
-    check_output(job, resume)
-    check_model_limits(job)
+    errors = preflight_errors(job, resume)
+    if errors:
+        raise errors[0]
 
 
 def worker_failure(error: WorkerError, job: JobConfig) -> VideogenError:

@@ -81,7 +81,7 @@ def test_patch_workers_report_their_rows_and_decoded_frames(make_job, tmp_path):
     assert [r["frames"] for r in reports] == [[0, 8], [0, 8]]
     decoded = [r["decoded"] for r in reports]
     assert decoded[0][0] == 0 and decoded[-1][1] == 8
-    assert all(r["traffic"]["patch"]["bytes_received"] > 0 for r in reports)
+    assert all(r["traffic"]["patch"]["conv_halo"]["bytes_received"] > 0 for r in reports)
 
 
 def test_python_api_dispatches_by_world_size_and_the_one_process_renderer_refuses_many(make_job, tmp_path):

@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from videogen.errors import VideogenError
 
@@ -62,6 +63,19 @@ def cmd_render(args: argparse.Namespace) -> int:
         f"{result.model_evaluations} model evaluations, {result.seconds:.1f} s)"
     )
     return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from parallel.plan import format_plan, plan_render
+    from videogen.config import load_job
+    from videogen.io.atomic import write_text_atomic
+
+    job = load_job(args.job, args.overrides).config
+    plan = plan_render(job)
+    print(format_plan(plan, args.job))
+    if args.json:
+        write_text_atomic(Path(args.json), plan.to_json() + "\n")
+    return 2 if plan.problems else 0
 
 
 EVAL_EPILOG = """\
@@ -158,6 +172,21 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     render.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
     render.set_defaults(handler=cmd_render)
+
+    plan = sub.add_parser(
+        "plan",
+        help="show what a render would do, without loading weights: workers, shares, bytes, errors",
+        description=(
+            "Work out a job's render without loading weights or starting workers: the mesh, each worker's "
+            "frames, latent rows and decoded frames, its UNet calls, the bytes each axis moves (per worker, "
+            "predicted from the UNet's layer shapes exactly as the collectives count them), and every error "
+            "the render would stop with. Exit status 2 when there is one."
+        ),
+    )
+    plan.add_argument("job", help="job YAML file")
+    plan.add_argument("overrides", nargs="*", metavar="key=value", help="overrides merged over the job file")
+    plan.add_argument("--json", metavar="PATH", help="also write the plan (per-worker traffic included) as JSON")
+    plan.set_defaults(handler=cmd_plan)
 
     evaluate = sub.add_parser(
         "eval",
