@@ -10,6 +10,7 @@ The launcher (local processes or Ray actors) has formed the default process grou
 from __future__ import annotations
 
 import shutil
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +31,15 @@ from videogen.config import JobConfig
 from videogen.errors import VideogenError
 from videogen.io.atomic import commit, discard, partial_path
 from videogen.io.concat import concat_segments
-from videogen.pipeline import WorkerSlot, decode_to, denoise, image_record, package_versions, write_job_record
+from videogen.pipeline import (
+    StageClock,
+    WorkerSlot,
+    decode_to,
+    denoise,
+    image_record,
+    package_versions,
+    write_job_record,
+)
 
 
 @dataclass
@@ -48,6 +57,8 @@ class WorkerReport:
     coords: dict[str, int] = field(default_factory=dict)  # the worker's index along each mesh axis
     rows: tuple[int, int] | None = None  # the latent rows (columns with patch_options.split: w) it denoises
     decoded: tuple[int, int] | None = None  # the frames it decoded and wrote, if any
+    host: str = ""
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage: startup, load, denoise, decode, ...
 
 
 def plan_of(job: JobConfig) -> ParallelPlan:
@@ -187,10 +198,19 @@ def clip_latents_worker(rank: int, world_size: int, job: JobConfig) -> dict:
     return {"latents": latents.cpu(), "frames": worker.frames, "evaluations": evaluations, "traffic": traffic}
 
 
-def render_worker(rank: int, world_size: int, job: JobConfig, resume: bool, progress: bool = True) -> WorkerReport:
-    """Render this worker's share and, on rank 0, the joined video. ``job.noise.seed`` is resolved."""
-    started = time.perf_counter()
+def render_worker(
+    rank: int, world_size: int, job: JobConfig, resume: bool, progress: bool = True, started_at: float | None = None
+) -> WorkerReport:
+    """Render this worker's share and, on rank 0, the joined video. ``job.noise.seed`` is resolved.
+
+    ``started_at``: when the driver started the render (``time.time()``), so the record's ``startup``
+    and ``seconds`` cover starting the workers too.
+    """
+    clock = StageClock()
+    if started_at is not None:
+        clock.stages["startup"] = max(0.0, time.time() - started_at)
     worker = setup_worker(world_size, job)
+    clock.lap("load")
     world = AxisComm(dist.group.WORLD, "world", worker.stats)
     clips = job_clips(job)
     start = agree_resume_step(world, job, worker.frames) if resume else None
@@ -198,9 +218,11 @@ def render_worker(rank: int, world_size: int, job: JobConfig, resume: bool, prog
     latents, evaluations, resumed = denoise(
         job, worker.bundle, job.noise.seed, slot, resume_from=start, progress=progress and rank == 0
     )
+    clock.lap("denoise")
     share = decode_share(worker, job)
     if share is not None:
         _write_segment(job, worker.bundle, latents, worker.frames, share)
+    clock.lap("decode")
     traffic = {
         f"{axis}.{kind}": asdict(t)
         for axis in ("clip", "patch", "cfg", "step")
@@ -212,18 +234,24 @@ def render_worker(rank: int, world_size: int, job: JobConfig, resume: bool, prog
         rank,
         (frames.start, frames.stop),
         evaluations,
-        round(time.perf_counter() - started, 3),
+        round(clock.total(), 3),
         str(worker.bundle.device),
         resumed,
         traffic,
         coords=worker.coords,
         rows=(band.start, band.stop),
         decoded=(share.start, share.stop) if share is not None else None,
+        host=socket.gethostname(),
+        timings=clock.rounded(),
     )
     reports = world.gather_objects(asdict(report), "report")  # after every segment is written
+    clock.lap("wait")
     if rank == 0:
         written = join_segments(job)
+        clock.lap("join")
         report.output = job.output.path
+        report.timings = clock.rounded()
+        seconds = time.time() - started_at if started_at is not None else clock.total()
         write_job_record(
             job,
             {
@@ -232,17 +260,19 @@ def render_worker(rank: int, world_size: int, job: JobConfig, resume: bool, prog
                 "workers": world_size,
                 "mesh": job.parallel.mesh(),
                 "clips": [[c.start, c.stop] for c in clips],
-                "seconds": round(time.perf_counter() - started, 3),
+                "seconds": round(seconds, 3),
+                "timings": report.timings,
                 "model_evaluations_rank0": evaluations,
                 "resumed_from_step": resumed,
                 "device": str(worker.bundle.device),
+                "host": report.host,
                 "image": image_record(job),
                 "versions": package_versions(),
                 "worker_reports": [_record_of(r) for r in reports],
             },
             Path(job.output.path),
         )
-    report.seconds = time.perf_counter() - started
+    report.seconds = clock.total()
     return report
 
 

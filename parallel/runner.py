@@ -8,6 +8,7 @@ has come up. Segments of a failed render are removed; checkpoints are kept for `
 from __future__ import annotations
 
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -38,7 +39,7 @@ def worker_failure(error: WorkerError, job: JobConfig) -> VideogenError:
 
 def render_parallel(job: JobConfig, resume: bool = False, progress: bool = True) -> RenderResult:
     """Render ``job`` on ``job.parallel`` workers with the configured launcher."""
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     seed = resolve_seed(job)
     _preflight(job, resume)
     world_size = plan_of(job).world_size
@@ -48,7 +49,14 @@ def render_parallel(job: JobConfig, resume: bool = False, progress: bool = True)
             threads = job.parallel.threads_per_worker or None
             try:
                 reports = run_local(
-                    render_worker, world_size, job, resume, progress, num_threads=threads, timeout_s=LOCAL_TIMEOUT_S
+                    render_worker,
+                    world_size,
+                    job,
+                    resume,
+                    progress,
+                    started_at,
+                    num_threads=threads,
+                    timeout_s=LOCAL_TIMEOUT_S,
                 )
             except WorkerError as error:
                 cause = error.__cause__
@@ -69,4 +77,6 @@ def render_parallel(job: JobConfig, resume: bool = False, progress: bool = True)
         time.perf_counter() - started,
         main.model_evaluations,
         main.resumed_from_step,
+        main.timings,
+        main.host if main.host != socket.gethostname() else None,
     )

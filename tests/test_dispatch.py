@@ -40,6 +40,8 @@ def single_frames(tmp_path_factory, tiny_model_dir):
     assert videogen_main(["render", job, f"output.path={out}", "--no-progress"]) == 0
     meta = _meta(out)
     assert meta["workers"] == 1 and meta["mesh"] == {"step": 1, "cfg": 1, "clip": 1, "patch": 1}
+    assert set(meta["timings"]) == {"checks", "load", "denoise", "decode"}
+    assert sum(meta["timings"].values()) <= meta["seconds"] + 1e-3
     return _frames(out)
 
 
@@ -67,6 +69,9 @@ def test_every_axis_from_the_command_line_runs_the_asked_workers_and_equals_one_
     for axis, size in asked.items():
         assert sorted({r["coords"][axis] for r in meta["worker_reports"]}) == list(range(size))
     assert all(r["model_evaluations"] > 0 for r in meta["worker_reports"])
+    assert all({"startup", "load", "denoise", "decode"} <= set(r["timings"]) for r in meta["worker_reports"])
+    assert {"startup", "load", "denoise", "decode", "wait", "join"} == set(meta["timings"])
+    assert sum(meta["timings"].values()) <= meta["seconds"] + 1e-2
     assert np.abs(_frames(out) - single_frames).max() <= 1  # float summation order only
 
 
@@ -103,3 +108,15 @@ def test_ray_job_entrypoint_takes_the_same_dispatch(make_job, tmp_path, single_f
     assert meta["workers"] == 2 and meta["mesh"]["cfg"] == 2
     assert json.loads(json.dumps(meta["worker_reports"]))[1]["coords"]["cfg"] == 1
     assert np.abs(_frames(out) - single_frames).max() <= 1
+
+
+def test_a_submitted_ray_job_refuses_a_relative_output_path(make_job, tmp_path, monkeypatch, capsys):
+    from jobs.render import main as job_main
+    from videogen.api import SUBMITTED_JOB_ENV
+
+    monkeypatch.setenv(SUBMITTED_JOB_ENV, "{}")  # what Ray's job supervisor sets for the entrypoint
+    monkeypatch.chdir(tmp_path)
+    assert job_main([make_job(**SMALL), "output.path=out/video.mp4", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "output.path: out/video.mp4 is relative" in err and "output.path=/shared/videos/video.mp4" in err
+    assert not (tmp_path / "out").exists()

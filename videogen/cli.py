@@ -58,10 +58,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from videogen.api import render_job
 
     result = render_job(args.job, args.overrides, resume=args.resume, progress=not args.no_progress)
-    print(
-        f"wrote {result.output} ({result.frames} frames, seed {result.seed}, "
-        f"{result.model_evaluations} model evaluations, {result.seconds:.1f} s)"
-    )
+    print(result.summary())
     return 0
 
 

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,12 +94,46 @@ class WorkerSlot:
 
 @dataclass
 class RenderResult:
+    """What a render wrote. ``timings``: seconds per stage (as in the ``.meta.json``); ``host``: the
+    machine that wrote the output when it is not this one (a Ray worker on another node)."""
+
     output: Path
     seed: int
     frames: int
     seconds: float
     model_evaluations: int
     resumed_from_step: int | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    host: str | None = None
+
+    def summary(self) -> str:
+        """The line ``videogen render`` ends with."""
+        where = f" on {self.host}" if self.host else ""
+        stages = ", ".join(f"{name} {value:.1f}" for name, value in self.timings.items())
+        return (
+            f"wrote {self.output}{where} ({self.frames} frames, seed {self.seed}, "
+            f"{self.model_evaluations} model evaluations, {self.seconds:.1f} s" + (f": {stages})" if stages else ")")
+        )
+
+
+class StageClock:
+    """Wall seconds per stage of a render: :meth:`lap` closes the stage running since the last lap."""
+
+    def __init__(self, started: float | None = None):
+        self.started = time.perf_counter() if started is None else started
+        self._last = self.started
+        self.stages: dict[str, float] = {}
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.stages[stage] = self.stages.get(stage, 0.0) + now - self._last
+        self._last = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.started
+
+    def rounded(self) -> dict[str, float]:
+        return {stage: round(value, 3) for stage, value in self.stages.items()}
 
 
 def slot_frames(job: JobConfig, slot: WorkerSlot) -> range:
@@ -382,7 +417,7 @@ def render(
     A one-worker job only (:func:`videogen.api.render_job` dispatches by the job's world size).
     """
     check_one_worker(job)
-    started = time.perf_counter()
+    clock = StageClock()
     seed = resolve_seed(job)
     check_inputs(job)
     check_output(job, resume)
@@ -390,11 +425,15 @@ def render(
         check_model_limits(job)
     slot = WorkerSlot()
     start = resume_step(checkpoint_dir(job), slot_frames(job, slot)) if resume else None
+    clock.lap("checks")
     bundle = prepare_bundle(job, bundle)
+    clock.lap("load")
     latents, evaluations, resumed = denoise(job, bundle, seed, slot, resume_from=start, progress=progress)
+    clock.lap("denoise")
     output = Path(job.output.path)
     frames = decode_to(job, bundle, latents, output)
-    seconds = time.perf_counter() - started
+    clock.lap("decode")
+    seconds = clock.total()
     write_job_record(
         job,
         {
@@ -403,12 +442,14 @@ def render(
             "workers": 1,
             "mesh": job.parallel.mesh(),
             "seconds": round(seconds, 3),
+            "timings": clock.rounded(),
             "model_evaluations": evaluations,
             "resumed_from_step": resumed,
             "device": str(bundle.device),
+            "host": socket.gethostname(),
             "image": image_record(job),
             "versions": package_versions(),
         },
         output,
     )
-    return RenderResult(output, seed, frames, seconds, evaluations, resumed)
+    return RenderResult(output, seed, frames, seconds, evaluations, resumed, clock.rounded())
