@@ -188,10 +188,16 @@ class ParallelConfig:
 class RayConfig:
     """The Ray cluster for multi-worker renders.
 
-    ``address``: ``null`` starts a local Ray instance for this render; ``auto`` or
-    ``ray://host:10001`` / ``host:6379`` joins a running cluster. ``placement``: the placement
-    group strategy (``PACK`` keeps a clip group on as few nodes as possible).
-    ``gpus_per_worker``: ``-1`` = 1 when the cluster has GPUs, else 0.
+    ``address``: ``null`` (or ``local``) starts a private local Ray instance for this render, whatever
+    an earlier ``ray start`` left behind; ``auto`` or ``ray://host:10001`` / ``host:6379`` joins a
+    running cluster, and an address that does not answer within ``connect_timeout_s`` fails at once.
+    ``placement``: the placement group strategy (``PACK`` keeps a clip group on as few nodes as
+    possible). ``gpus_per_worker``: ``-1`` = 1 when the cluster has GPUs, else 0.
+    ``startup_timeout_s``: how long the cluster may take to find room for the workers and start them.
+    ``max_restarts``: how many times a render whose worker died or hung re-forms its workers and
+    resumes from the newest checkpoint they share (0 = fail at once); with it, and
+    ``sampler.checkpoint_every: 0``, checkpoints are written every ``max(1, steps // 10)`` steps.
+    ``hang_timeout_s``: a worker that does not answer the driver for this long counts as lost.
     """
 
     address: str | None = None
@@ -199,6 +205,9 @@ class RayConfig:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = -1.0
     startup_timeout_s: float = 300.0
+    connect_timeout_s: float = 20.0
+    max_restarts: int = 2
+    hang_timeout_s: float = 300.0
 
 
 @dataclass
@@ -567,8 +576,42 @@ def _parallel_problems(job: JobConfig) -> list[tuple[str, str]]:
         out.append(("parallel.threads_per_worker", f"{par.threads_per_worker}: must be >= 0 (0 = default)"))
     if par.clip > 1 and Path(job.output.path).suffix.lower() == ".gif":
         out.append(("output.path", "GIF cannot be joined from worker segments; use .mp4 or a PNG folder"))
-    if job.ray.cpus_per_worker < 0 or (job.ray.gpus_per_worker < 0 and job.ray.gpus_per_worker != -1):
-        out.append(("ray", "cpus_per_worker must be >= 0 and gpus_per_worker >= 0 or -1 (auto)"))
+    out.extend(_ray_problems(job))
+    return out
+
+
+def _ray_problems(job: JobConfig) -> list[tuple[str, str]]:
+    ray, out = job.ray, []
+    workers = job.parallel.world_size
+    if ray.address and ray.address.split("://", 1)[0] in ("http", "https"):
+        out.append(
+            (
+                "ray.address",
+                f"{ray.address} is a dashboard address (for `ray job submit`); give the cluster's host:6379, "
+                "ray://host:10001 or auto",
+            )
+        )
+    if ray.cpus_per_worker < 0:
+        out.append(("ray.cpus_per_worker", f"{ray.cpus_per_worker}: must be >= 0"))
+    gpus = ray.gpus_per_worker
+    if gpus < 0 and gpus != -1:
+        out.append(("ray.gpus_per_worker", f"{gpus}: must be >= 0, or -1 (1 when the cluster has GPUs)"))
+    elif gpus > 1 and gpus != int(gpus):
+        out.append(("ray.gpus_per_worker", f"{gpus}: Ray shares GPUs in fractions below 1 only; use whole GPUs"))
+    elif 0 < gpus < 1 and workers > 1:
+        out.append(
+            (
+                "ray.gpus_per_worker",
+                f"{gpus}: {workers} workers would share a GPU, which NCCL refuses; use 1, or 0 for CPU workers",
+            )
+        )
+    elif ray.cpus_per_worker == 0 and gpus == 0:
+        out.append(("ray.cpus_per_worker", "0 with ray.gpus_per_worker: 0 asks for nothing to place a worker on"))
+    for key in ("startup_timeout_s", "connect_timeout_s", "hang_timeout_s"):
+        if getattr(ray, key) <= 0:
+            out.append((f"ray.{key}", f"{getattr(ray, key)}: must be > 0 seconds"))
+    if ray.max_restarts < 0:
+        out.append(("ray.max_restarts", f"{ray.max_restarts}: must be >= 0 (0 = fail when a worker is lost)"))
     return out
 
 
