@@ -131,6 +131,10 @@ LAZY_COMMANDS = {
         "write Go-with-the-Flow warped noise and a preview mp4 from a motion spec",
     ),
     "train-trip": ("videogen.train.trip", "train TRIP's Temporal Noise Fusion module on videos"),
+    "batch": (
+        "videogen.batch.cli",
+        "render a manifest of many jobs (prompts x seeds x overrides), skipping complete outputs",
+    ),
 }
 """command -> (module whose ``register(subparsers)`` builds its parser, its one-line help)."""
 
@@ -210,6 +214,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     tiny.set_defaults(handler=cmd_build_tiny_model)
 
     _add_lazy(sub, "warp-noise", command)
+    _add_lazy(sub, "batch", command)
 
     from videogen.train.cli import register as register_train
 
