@@ -1,0 +1,240 @@
+"""Operations benchmark: how the renderer behaves as a service running many renders.
+
+Each section is a function returning a :class:`Section` (printed tables, targets, JSON results), so
+more can be added beside the ones here.
+
+1. Batch throughput (``videogen batch`` on Ray): ``M`` one-worker jobs of the tiny model (1 torch
+   thread each, a few seconds per render, model load included) on one local Ray instance of 2 CPUs,
+   with one replica at a time (``max_parallel: 1``) and with as many as the instance holds (2).
+   Throughput is jobs per second of the whole batch's wall time; a warm-up batch first starts Ray's
+   worker pool, so neither run pays for it. On a machine with 2 free cores two replicas should
+   finish close to twice as many jobs per second.
+   ``cores_used`` is the CPU seconds this process and its descendants (Ray and its workers) spent per
+   wall second: below 2 in the two-replica run, the machine had fewer than two cores to give.
+2. Soak figures of the same runs: this process's descendant processes (Ray's own and its workers),
+   open file descriptors and RSS before the first timed batch and after the last one has settled;
+   growth would be a leak per batch.
+
+The machine's load average before and after is printed and recorded: on a machine busy with other
+work the replicas share fewer than two cores and the ratio says so.
+
+    python tools/bench_ops.py [--quick] [--json bench_ops.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import print_table, target, write_json  # noqa: E402
+
+
+@dataclass
+class Section:
+    """What one section measured: ``tables`` (title, rows) to print, ``targets`` to check, ``results`` for JSON."""
+
+    name: str
+    tables: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
+    targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Setup:
+    """Shared by the sections: the model folder, a scratch folder and the size of the run."""
+
+    model_dir: Path
+    scratch: Path
+    quick: bool
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (children, their children, ...), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, stack = set(), [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def cpu_seconds(pids: set[int]) -> float:
+    """User + system CPU seconds used so far by the living processes ``pids``."""
+    total, tick = 0, os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / tick
+
+
+def process_figures() -> dict[str, float]:
+    """This process's descendant processes, open file descriptors and RSS (MiB)."""
+    with open("/proc/self/statm") as f:
+        rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return {
+        "processes": len(descendants(os.getpid())),
+        "fds": len(os.listdir("/proc/self/fd")),
+        "rss_mib": round(rss / 2**20, 1),
+    }
+
+
+def _write_manifest(setup: Setup, name: str, jobs: int, frames: int, steps: int, max_parallel: int) -> Path:
+    import yaml
+
+    manifest = {
+        "base": {
+            "model.path": str(setup.model_dir),
+            "prompts.text": "a red balloon over a green field",
+            "video": {"width": 64, "height": 64, "num_frames": frames},
+            "sampler": {"steps": steps, "guidance_scale": 7.5},
+            "parallel.threads_per_worker": 1,
+            "ray.cpus_per_worker": 1,
+        },
+        "seeds": jobs,
+        "out": str(setup.scratch / name),
+        "name": "s{seed}.mp4",
+        "launcher": "ray",
+        "max_parallel": max_parallel,
+    }
+    path = setup.scratch / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return path
+
+
+def _run_batch(manifest: Path) -> tuple[float, list, float]:
+    """(wall seconds, rows, cores used: CPU seconds of this process and its descendants per wall second)."""
+    from videogen.batch.manifest import load_manifest, plan_batch
+    from videogen.batch.runner import run_batch
+
+    pids = descendants(os.getpid()) | {os.getpid()}
+    cpu_started, started = cpu_seconds(pids), time.perf_counter()
+    report = run_batch(plan_batch(load_manifest(manifest)), progress=False)
+    seconds = time.perf_counter() - started
+    cores = (cpu_seconds(pids) - cpu_started) / seconds  # Ray's pooled workers live on between batches
+    failed = [row for row in report.rows if row.status != "done"]
+    if failed:
+        raise RuntimeError(f"{manifest.name}: {failed[0].name} {failed[0].status}: {failed[0].error}")
+    return seconds, report.rows, cores
+
+
+def _settled(before: dict[str, float], timeout_s: float = 30.0) -> dict[str, float]:
+    """The figures once Ray's finished workers have exited (or after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        after = process_figures()
+        if after["processes"] <= before["processes"] or time.monotonic() > deadline:
+            return after
+        time.sleep(1.0)
+
+
+def section_batch_throughput(setup: Setup) -> Section:
+    """Section 1 and 2: batch throughput, one replica at a time vs two, and the soak figures."""
+    import ray
+
+    jobs, frames, steps = (4, 16, 12) if setup.quick else (8, 16, 20)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        _run_batch(_write_manifest(setup, "warmup", 2, frames, 2, 0))  # Ray's worker pool, imports
+        time.sleep(2.0)
+        before = process_figures()
+        runs: dict[int, tuple[float, list, float]] = {}
+        for concurrency in (1, 2):
+            runs[concurrency] = _run_batch(
+                _write_manifest(setup, f"at_once_{concurrency}", jobs, frames, steps, concurrency)
+            )
+        after = _settled(before)
+    finally:
+        ray.shutdown()
+    rows = []
+    for concurrency, (seconds, report, cores) in runs.items():
+        render_seconds = [row.seconds for row in report]
+        rows.append(
+            {
+                "replicas_at_once": concurrency,
+                "jobs": jobs,
+                "frames": frames,
+                "steps": steps,
+                "wall_s": seconds,
+                "jobs_per_min": 60 * jobs / seconds,
+                "mean_render_s": sum(render_seconds) / len(render_seconds),
+                "cores_used": cores,
+            }
+        )
+    ratio = runs[1][0] / runs[2][0]
+    soak = [{"when": "before", **before}, {"when": "after", **after}]
+    growth = {key: after[key] - before[key] for key in before}
+    return Section(
+        "batch",
+        tables=[
+            (f"batch throughput: {jobs} one-worker jobs (64x64, {frames} frames, {steps} steps, 1 thread)", rows),
+            (f"soak: this process's descendants, open fds and RSS around {2 * jobs} renders", soak),
+        ],
+        targets={
+            "batch_throughput_2_vs_1": target(ratio, ">= 1.8"),
+            "batch_soak_process_growth": target(growth["processes"], "<= 1"),
+            "batch_soak_fd_growth": target(growth["fds"], "<= 8"),
+        },
+        results={"throughput": rows, "throughput_ratio_2_vs_1": ratio, "soak": soak, "soak_growth": growth},
+    )
+
+
+SECTIONS: list[Callable[[Setup], Section]] = [section_batch_throughput]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes (under a minute on 2 cores)")
+    parser.add_argument("--json", metavar="PATH", help="write results and targets here")
+    args = parser.parse_args()
+
+    from videogen.models.tiny import write_tiny_model
+
+    sections = []
+    load_before = os.getloadavg()  # other work on the machine takes cores from the replicas
+    with tempfile.TemporaryDirectory() as tmp:
+        setup = Setup(write_tiny_model(Path(tmp) / "tiny", seed=0), Path(tmp), args.quick)
+        for run in SECTIONS:
+            sections.append(run(setup))
+    targets: dict[str, dict[str, Any]] = {}
+    results: dict[str, Any] = {
+        "quick": args.quick,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+    }
+    print(f"\nload average (1, 5, 15 min) before: {load_before}, after: {results['load_average_after']}")
+    for section in sections:
+        for title, rows in section.tables:
+            print_table(title, rows)
+        targets.update(section.targets)
+        results[section.name] = section.results
+    write_json(args.json, results, targets)
+
+
+if __name__ == "__main__":
+    main()
