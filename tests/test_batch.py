@@ -160,6 +160,7 @@ def test_a_local_batch_renders_one_job_after_another_and_skips_them_on_a_rerun(t
     assert videogen_main(["batch", path, "--no-progress"]) == 0
     rows = _summary(out)["jobs"]
     assert [r["status"] for r in rows] == ["done", "done"] and rows[1]["seed"] != -1
+    assert [r["origin"] for r in rows] == ["prompts[0] seeds[0]", "jobs[0]"]
     stamps = _stamps(out)
     assert videogen_main(["batch", path, "--no-progress"]) == 0  # a drawn seed is read back from the record
     assert _statuses(out) == ["skipped", "skipped"] and _stamps(out) == stamps

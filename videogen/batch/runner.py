@@ -33,7 +33,8 @@ Status = Literal["done", "skipped", "failed", "not run"]
 @dataclass
 class JobRow:
     """One job's fate. ``seconds``: the render's own time (model load included; None if skipped);
-    ``note``: why it rendered or was skipped (what its records said)."""
+    ``note``: why it rendered or was skipped (what its records said); ``origin``: the manifest entries
+    that made the job (``overrides[1] prompts[0] seeds[2]``, ``jobs[3]``)."""
 
     index: int
     name: str
@@ -45,6 +46,7 @@ class JobRow:
     frames: int | None = None
     workers: int = 1
     note: str = ""
+    origin: str = ""
 
 
 @dataclass
@@ -188,17 +190,24 @@ def run_batch(plan: BatchPlan, *, progress: bool = True) -> BatchReport:
                 frames=state.frames,
                 workers=planned.workers,
                 note=state.note,
+                origin=planned.origin,
             )
         else:
             todo.append(planned)
             rows[planned.index] = JobRow(
-                planned.index, planned.name, str(planned.output), "not run", workers=planned.workers, note=state.note
+                planned.index,
+                planned.name,
+                str(planned.output),
+                "not run",
+                workers=planned.workers,
+                note=state.note,
+                origin=planned.origin,
             )
     bar = _progress_bar(len(plan.jobs), progress)
     bar.update(len(plan.jobs) - len(todo))
 
     def finish(planned: PlannedJob, row: JobRow) -> None:
-        row.note = rows[planned.index].note  # why it rendered
+        row.note, row.origin = rows[planned.index].note, planned.origin  # why it rendered
         rows[planned.index] = row
         bar.update(1)
         bar.set_postfix(failed=sum(r.status == "failed" for r in rows.values()), refresh=False)
