@@ -5,6 +5,11 @@ flat however long the video is. Everything is written under a temporary name and
 :meth:`FrameSink.close`; leaving the ``with`` block by an exception, or a ``close`` that fails,
 discards it instead. A PNG folder replaces only a folder of frames (:func:`foreign_entry`):
 a folder holding anything else is never deleted.
+
+The same frames with the same settings give the same mp4 bytes on every machine: libx264 runs on
+one thread (:data:`X264_OPTIONS`). Left to choose, it takes a thread count from the CPUs this
+process may use and splits frames into that many slices, so the bitstream (and the decoded pixels)
+would depend on the machine, a Ray worker's CPU share or a ``taskset``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from videogen.errors import MediaError
 from videogen.io.atomic import commit, discard, partial_path
 
 FRAME_NAME = re.compile(r"^frame_\d{6}\.png$")
+X264_OPTIONS = {"preset": "medium", "threads": "1"}  # one thread: the same bytes wherever it runs
 
 
 def foreign_entry(folder: Path) -> str | None:
@@ -148,7 +154,7 @@ def open_sink(path: str | Path, fps: int, crf: int = 18) -> FrameSink:
     target = Path(path)
     suffix = target.suffix.lower()
     if suffix == ".mp4":
-        return PyAVSink(target, fps, "libx264", "yuv420p", {"crf": str(crf), "preset": "medium"})
+        return PyAVSink(target, fps, "libx264", "yuv420p", {"crf": str(crf), **X264_OPTIONS})
     if suffix == ".gif":
         return PyAVSink(target, fps, "gif", "rgb8", {})
     if suffix == "":
