@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import av
 import pytest
@@ -112,6 +113,20 @@ def test_prompt_schedule_conditions_each_frame_on_its_prompt(make_job):
     early = (mixed[:, :, :4] - single[:, :, :4]).abs().mean()
     late = (mixed[:, :, 4:] - single[:, :, 4:]).abs().mean()
     assert late > 2 * early > 0
+
+
+def test_a_schedule_in_shares_of_the_video_is_recorded_in_frames_and_rerenders_the_same(make_job, tmp_path):
+    import yaml
+
+    from videogen.api import render_job
+
+    shares = [{"text": "a red balloon", "end": "50%"}, {"text": "zebra", "start": 0.5}]
+    first = render_job(make_job(prompts={"text": "", "schedule": shares}), ["sampler.steps=2"], progress=False)
+    record = Path(f"{first.output}.job.yaml")
+    schedule = yaml.safe_load(record.read_text())["prompts"]["schedule"]
+    assert [(seg["start"], seg["end"]) for seg in schedule] == [(0, 4), (4, None)]
+    again = render_job(record, [f"output.path={tmp_path / 'again.mp4'}"], progress=False)
+    assert again.output.read_bytes() == first.output.read_bytes()
 
 
 class _Fail(StepHook):

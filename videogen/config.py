@@ -51,11 +51,17 @@ class ModelConfig:
 
 @dataclass
 class PromptSegment:
-    """A prompt for frames ``start`` (inclusive) to ``end`` (exclusive; ``null`` = to the end)."""
+    """A prompt for frames ``start`` (inclusive) to ``end`` (exclusive; ``null`` = to the end).
+
+    A boundary is a frame (an integer: ``64``) or a share of the video: a number with a decimal point
+    within [0, 1] (``0.5``) or a percentage (``"50%"``), which becomes the frame
+    ``round(share * video.num_frames)`` once the video's length is known, so one schedule fits any
+    length (:func:`schedule_spans`). A job loaded from a file records the frames it resolved to.
+    """
 
     text: str = MISSING
-    start: int = 0
-    end: int | None = None
+    start: int | float | str = 0
+    end: int | float | str | None = None
 
 
 @dataclass
@@ -363,6 +369,8 @@ class LoadedJob:
     source: str
     file_keys: set[str]
     override_keys: set[str]
+    replaced: dict[str, Any] = field(default_factory=dict)
+    """What the file gave each single-valued key that the command line then set (the file's value)."""
 
     def origin(self, key: str) -> str:
         """``command line``, the file, or ``defaults``: the layer that set ``key`` or a section above it
@@ -400,9 +408,15 @@ def load_layers(schema: type, path: str | Path | None, overrides: list[str] | tu
         file_keys = _leaf_keys(file_layer)
         merged = _merge_layer(merged, file_layer, source)
     override_keys: set[str] = set()
+    replaced: dict[str, Any] = {}
     for item in overrides:
         layer = _parse_override(item)
-        override_keys |= _leaf_keys(layer)
+        keys = _leaf_keys(layer)
+        for key in sorted(keys & file_keys - override_keys):
+            earlier = OmegaConf.select(merged, key, default=None)
+            if not isinstance(earlier, (DictConfig, ListConfig)):
+                replaced[key] = earlier
+        override_keys |= keys
         merged = _merge_layer(merged, layer, f"command line ({item})")
     try:
         config = OmegaConf.to_object(merged)
@@ -412,7 +426,7 @@ def load_layers(schema: type, path: str | Path | None, overrides: list[str] | tu
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "?"
         raise ConfigError(f"{source}: {key}: {_first_line(error)}") from None
-    return LoadedJob(config, source, file_keys, override_keys)
+    return LoadedJob(config, source, file_keys, override_keys, replaced)
 
 
 def load_job(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> LoadedJob:
@@ -422,6 +436,7 @@ def load_job(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (
     prompts.text = prompts.text or ""  # null is the empty prompt
     prompts.negative = prompts.negative or ""
     validate_job(loaded)
+    resolve_schedule(loaded.config)
     return loaded
 
 
@@ -474,17 +489,92 @@ def _problems(job: JobConfig) -> list[tuple[str, str]]:
         out.append(("prompts.text", "a prompt is required (prompts.text or prompts.schedule)"))
     if p.blend_frames < 0:
         out.append(("prompts.blend_frames", f"{p.blend_frames}: must be >= 0"))
-    for i, seg in enumerate(p.schedule):
-        key = f"prompts.schedule[{i}]"
-        end = v.num_frames if seg.end is None else seg.end
-        if not 0 <= seg.start < end <= v.num_frames:
-            out.append((key, f"frames [{seg.start}, {seg.end}) are not within the video's {v.num_frames} frames"))
-    if p.schedule:
-        gaps = _schedule_gaps(p.schedule, v.num_frames)
-        out.extend(gaps)
-        if not gaps and p.blend_frames > 0:
-            out.extend(_blend_problems(p.schedule, v.num_frames, p.blend_frames))
+    if p.schedule and v.num_frames >= 1:
+        out.extend(_schedule_problems(p, v.num_frames))
     return out
+
+
+def _schedule_problems(p: PromptsConfig, num_frames: int) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for i, seg in enumerate(p.schedule):
+        for name in ("start", "end"):
+            value = getattr(seg, name)
+            if not (name == "end" and value is None) and isinstance(_boundary_frame(value, num_frames), str):
+                out.append((f"prompts.schedule[{i}].{name}", _boundary_frame(value, num_frames)))
+    if out:
+        return out
+    spans = schedule_spans(p.schedule, num_frames)
+    for i, (seg, (start, end)) in enumerate(zip(p.schedule, spans, strict=True)):
+        if not 0 <= start < end <= num_frames:
+            shown = f"[{_shown(seg.start, start)}, {_shown(seg.end, end)})"
+            out.append((f"prompts.schedule[{i}]", f"frames {shown} are not within the video's {num_frames} frames"))
+    gaps = _schedule_gaps(spans, num_frames)
+    out.extend(gaps)
+    if not out and p.blend_frames > 0:
+        out.extend(_blend_problems(spans, num_frames, p.blend_frames))
+    return out
+
+
+def _boundary_frame(value: Any, num_frames: int) -> int | str:
+    """The frame a schedule boundary stands for, or what is wrong with it (a string)."""
+    how = "give a frame (a whole number such as 64), a share of the video (0.5) or a percentage ('50%')"
+    if isinstance(value, bool):
+        return f"{value!r}: {how}"
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            percent = float(text[:-1]) if text.endswith("%") else None
+        except ValueError:
+            percent = None
+        if percent is None or not math.isfinite(percent):
+            return f"{value!r}: {how}"
+        if not 0 <= percent <= 100:
+            return f"{value!r}: a percentage of the video is within [0%, 100%]"
+        share = percent / 100
+    elif isinstance(value, float):
+        if not 0 <= value <= 1:
+            whole = f"; the frame {int(value)} is written without a decimal point" if value == int(value) else ""
+            return f"{value}: a share of the video is within [0, 1]{whole}"
+        share = value
+    else:
+        return f"{value!r}: {how}"
+    return math.floor(share * num_frames + 0.5)
+
+
+def _shown(value: Any, frame: int) -> str:
+    """A boundary as the user wrote it, with the frame it resolved to when that was a share."""
+    return str(frame) if value is None or isinstance(value, int) else f"{value} = frame {frame}"
+
+
+def schedule_spans(schedule: list[PromptSegment], num_frames: int) -> list[tuple[int, int]]:
+    """Each segment's frames ``(start, end)`` (end exclusive) in a video of ``num_frames`` frames.
+
+    Integers are frames; a float within [0, 1] or a percentage string is that share of the video,
+    rounded to the nearest frame (halves up), and ``end: null`` is the video's end. A boundary that is
+    none of these raises :class:`ConfigError` naming it (a validated job has none).
+    """
+    spans = []
+    for i, seg in enumerate(schedule):
+        frames = []
+        for name, value in (("start", seg.start), ("end", num_frames if seg.end is None else seg.end)):
+            frame = _boundary_frame(value, num_frames)
+            if isinstance(frame, str):
+                raise ConfigError(f"prompts.schedule[{i}].{name}: {frame}")
+            frames.append(frame)
+        spans.append((frames[0], frames[1]))
+    return spans
+
+
+def resolve_schedule(job: JobConfig) -> None:
+    """Replace the prompt schedule's shares of the video by the frames they stand for (in place), so the
+    job's record (``.job.yaml``) says which frames each prompt got; ``end: null`` stays null."""
+    spans = schedule_spans(job.prompts.schedule, job.video.num_frames)
+    for seg, (start, end) in zip(job.prompts.schedule, spans, strict=True):
+        seg.start = start
+        if seg.end is not None:
+            seg.end = end
 
 
 def non_finite_numbers(config: Any, key: str = "") -> list[tuple[str, str]]:
@@ -510,27 +600,26 @@ def blend_split(blend_frames: int) -> tuple[int, int]:
     return before, blend_frames - before
 
 
-def _blend_overflow(schedule: list[PromptSegment], num_frames: int, blend_frames: int) -> tuple[int, int, int] | None:
+def _blend_overflow(spans: list[tuple[int, int]], blend_frames: int) -> tuple[int, int, int] | None:
     """(segment index, frames it gives to blends, its frames) for the first segment shorter than the blended
     frames it gives to its boundaries (its own prompt would vanish and two boundaries' blends would overlap)."""
     before, after = blend_split(blend_frames)
-    ordered = sorted(range(len(schedule)), key=lambda i: schedule[i].start)
+    ordered = sorted(range(len(spans)), key=lambda i: spans[i][0])
     for position, index in enumerate(ordered):
-        seg = schedule[index]
-        length = (num_frames if seg.end is None else seg.end) - seg.start
+        length = spans[index][1] - spans[index][0]
         given = (after if position > 0 else 0) + (before if position < len(ordered) - 1 else 0)
         if given > length:
             return index, given, length
     return None
 
 
-def _blend_problems(schedule: list[PromptSegment], num_frames: int, blend_frames: int) -> list[tuple[str, str]]:
-    overflow = _blend_overflow(schedule, num_frames, blend_frames)
+def _blend_problems(spans: list[tuple[int, int]], num_frames: int, blend_frames: int) -> list[tuple[str, str]]:
+    overflow = _blend_overflow(spans, blend_frames)
     if overflow is None:
         return []
     index, given, length = overflow
     widest = range(min(blend_frames - 1, num_frames), 0, -1)
-    largest = next((b for b in widest if not _blend_overflow(schedule, num_frames, b)), 0)
+    largest = next((b for b in widest if not _blend_overflow(spans, b)), 0)
     return [
         (
             "prompts.blend_frames",
@@ -622,11 +711,10 @@ def _is_fraction(text: str) -> bool:
         return False
 
 
-def _schedule_gaps(schedule: list[PromptSegment], num_frames: int) -> list[tuple[str, str]]:
+def _schedule_gaps(spans: list[tuple[int, int]], num_frames: int) -> list[tuple[str, str]]:
     covered = [False] * num_frames
-    for seg in schedule:
-        end = num_frames if seg.end is None else seg.end
-        for f in range(max(seg.start, 0), min(end, num_frames)):
+    for start, end in spans:
+        for f in range(max(start, 0), min(end, num_frames)):
             if covered[f]:
                 return [("prompts.schedule", f"frame {f} is covered by more than one prompt")]
             covered[f] = True
@@ -641,8 +729,48 @@ def job_problems(job: JobConfig) -> list[tuple[str, str]]:
     return _problems(job)
 
 
+MODEL_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def _stale_components(loaded: LoadedJob) -> list[tuple[str, str]]:
+    """A command line that moves ``model.path`` away from the job file's folder, while components the file
+    took from a folder of their own (``model.unet``, ...) are left where they were: one problem naming them.
+
+    Nothing is guessed: a component folder may be a deliberate mix (VideoCrafter2's UNet beside
+    zeroscope's VAE) or a leftover of the old model, and only the user knows which.
+    """
+    if "model.path" not in loaded.replaced:
+        return []
+    model = loaded.config.model
+    old, new = loaded.replaced["model.path"], model.path
+    if old == new:
+        return []
+    stale = [
+        name
+        for name in MODEL_COMPONENTS
+        if getattr(model, name) is not None and loaded.origin(f"model.{name}") != "command line"
+    ]
+    if not stale:
+        return []
+
+    def both(items: list[str]) -> str:
+        return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+    keys = both([f"model.{name}" for name in stale])
+    folders = both([str(getattr(model, name)) for name in stale])
+    clear = " ".join(f"model.{name}=null" for name in stale)
+    them, points = ("it", "points") if len(stale) == 1 else ("them", "point")
+    return [
+        (
+            "model.path",
+            f"{new} replaces {old}, but {keys} still {points} at {folders} (set in {loaded.source}); add {clear} "
+            f"to take {them} from {new}, or set {them} again on the command line to keep {them}",
+        )
+    ]
+
+
 def validate_job(loaded: LoadedJob) -> None:
-    loaded.fail_on(_problems(loaded.config))
+    loaded.fail_on(_stale_components(loaded) + _problems(loaded.config))
 
 
 def resolve_seed(job: JobConfig) -> int:

@@ -2,7 +2,8 @@
 
 UNet3D folds frames into the batch before its spatial layers, so every frame can attend to its
 own text embedding. With one prompt, all frames share one embedding (the model's ordinary
-path). With a schedule, frame ``f`` gets the embedding of the segment that covers it; with
+path). With a schedule, frame ``f`` gets the embedding of the segment that covers it (a boundary
+given as a share of the video stands for its frame, :func:`videogen.config.schedule_spans`); with
 ``blend_frames = b > 0``, the ``b`` frames centred on a boundary between segments A and B (the last
 ``b // 2`` of A and the first ``b - b // 2`` of B) get ``(1 - w) * E_A + w * E_B`` with ``w`` rising
 linearly from ``1/(2b)`` to ``1 - 1/(2b)``. Every frame's weights therefore come from its own segment
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from videogen.config import PromptsConfig, blend_split
+from videogen.config import PromptsConfig, blend_split, schedule_spans
 from videogen.errors import ConfigError
 
 
@@ -36,9 +37,8 @@ def frame_weights(cfg: PromptsConfig, num_frames: int) -> list[FrameWeights]:
     if not cfg.schedule:
         return [FrameWeights(((0, 1.0),))] * num_frames
     owner = [0] * num_frames
-    for index, seg in enumerate(cfg.schedule):
-        end = num_frames if seg.end is None else seg.end
-        for f in range(seg.start, end):
+    for index, (start, end) in enumerate(schedule_spans(cfg.schedule, num_frames)):
+        for f in range(start, end):
             owner[f] = index
     weights = [FrameWeights(((owner[f], 1.0),)) for f in range(num_frames)]
     b = cfg.blend_frames
