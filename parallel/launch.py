@@ -11,6 +11,9 @@ Failure handling is the point of this module:
 - a worker that dies without reporting (``os._exit``, a signal, out of memory) is reported with its
   rank and exit code instead of leaving the others hanging in a collective;
 - on any failure, or when ``timeout_s`` passes, every other worker is terminated, then killed;
+- after a success, every worker is given time to leave the group and exit by itself: a worker
+  terminated then would skip its exit handlers, and the semaphores it created (tqdm's lock, for one)
+  would be reported as leaked by multiprocessing's resource tracker when the launcher exits;
 - each worker holds a *lifeline*, the read end of a pipe whose write end only the launcher holds.
   When the launcher dies, even by SIGKILL, the pipe closes and the worker exits at once, so no
   orphan process is left blocking in a collective.
@@ -231,6 +234,13 @@ def _raise_failures(reports: dict[int, tuple], deaths: dict[int, int | None], ti
     raise error from cause
 
 
+def _join(processes: list, timeout_s: float) -> None:
+    """Wait up to ``timeout_s`` in all for ``processes`` to exit by themselves."""
+    deadline = time.monotonic() + timeout_s
+    for proc in processes:
+        proc.join(max(0.0, deadline - time.monotonic()))
+
+
 def _stop(processes: list) -> None:
     for proc in processes:
         if proc.is_alive():
@@ -284,7 +294,9 @@ def run_local(
             processes.append(proc)
             readers[reader] = rank
             lifelines.append(life_write)
-        return _collect(processes, readers, timeout_s)
+        results = _collect(processes, readers, timeout_s)
+        _join(processes, _KILL_AFTER_S)  # every rank reported: let each exit cleanly before _stop
+        return results
     finally:
         _stop(processes)
         for conn in [*readers, *lifelines]:

@@ -105,6 +105,20 @@ def _sleep_forever(rank: int, world_size: int, piddir: str) -> None:
     time.sleep(600)
 
 
+_HELD: list = []
+
+
+def _lock_and_exit_slowly(rank: int, world_size: int) -> int:
+    """Hold a multiprocessing lock (a semaphore the resource tracker watches, as tqdm's is) until exit,
+    and take a second to exit after reporting: a launcher that does not wait for it leaks the lock."""
+    import multiprocessing as mp
+    from multiprocessing import util
+
+    _HELD.append(mp.get_context("forkserver").RLock())
+    util.Finalize(None, time.sleep, args=(1.0,), exitpriority=10)  # runs before the lock's own cleanup
+    return rank
+
+
 def test_results_come_back_in_rank_order_from_a_gloo_group():
     results = run_local(_sum_ranks, 3, 0.5, scale=2.0)
     assert [r["rank"] for r in results] == [0, 1, 2]
@@ -179,3 +193,27 @@ def test_free_port_can_be_bound():
     port = find_free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+def _stderr_of(argv: list[str], cwd: Path, timeout: float = 240) -> str:
+    env = {**os.environ, "PYTHONPATH": ""}
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def test_workers_that_take_time_to_exit_are_waited_for_and_leak_nothing(tmp_path):
+    driver = (
+        "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; import test_launch; "
+        "from parallel.launch import run_local; print(run_local(test_launch._lock_and_exit_slowly, 2))"
+    )
+    err = _stderr_of([sys.executable, "-c", driver, str(ROOT), str(ROOT / "tests")], tmp_path)
+    assert "leaked" not in err, err
+
+
+def test_a_local_multi_worker_render_ends_without_a_leak_warning(make_job, tmp_path):
+    small = ["video.width=32", "video.height=32", "video.num_frames=4", "sampler.steps=2"]
+    argv = [sys.executable, "-m", "videogen.cli", "render", make_job(), *small, "--no-progress"]
+    err = _stderr_of([*argv, "parallel.patch=2", "parallel.launcher=local", "parallel.threads_per_worker=1"], ROOT)
+    assert (tmp_path / "out.mp4").is_file()
+    assert "leaked" not in err and "resource_tracker" not in err, err
