@@ -2,7 +2,7 @@
 
 The noise of frame ``i`` comes from a CPU generator seeded with ``frame_seed(seed, i, stream)``,
 so it never depends on how many frames are rendered, how they are split across workers or on
-which device the render runs (ARCHITECTURE.md, principle 2). ``stream`` separates independent
+which device the render runs (docs/architecture.md, principle 2). ``stream`` separates independent
 uses of the same seed (initial latents, per-step sampler noise, fresh noise in warping).
 """
 
