@@ -62,6 +62,7 @@ CONNECT_TIMEOUT_S = 20.0  # for callers whose job has no ray.connect_timeout_s (
 GRACE_S = 5.0  # after a first failure, how long to wait for the other workers' fate
 POLL_S = 1.0  # how often the driver pings its workers (more often with a short ray.hang_timeout_s)
 STOP_WAIT_S = 30.0  # after a lost group, how long to wait for Ray to declare its actors dead
+COLLECTIVE_GRACE_S = 60.0  # a collective's own timeout is ray.hang_timeout_s + this
 
 
 @ray.remote(max_concurrency=4)
@@ -71,11 +72,19 @@ class RenderActor:
 
     def __init__(self, rank: int, world_size: int, threads: int):
         self.rank, self.world_size = rank, world_size
+        self._phase, self._step, self._changed = "starting", 0, time.monotonic()
         if threads > 0:
             torch.set_num_threads(threads)
 
     def pid(self) -> int:
         return os.getpid()
+
+    def progress(self) -> tuple[str, int, float]:
+        """(phase, denoising steps done, seconds since either last changed), answered while ``run`` works."""
+        return self._phase, self._step, time.monotonic() - self._changed
+
+    def _note(self, phase: str, step: int) -> None:
+        self._phase, self._step, self._changed = phase, step, time.monotonic()
 
     def address(self) -> tuple[str, int]:
         return ray.util.get_node_ip_address(), find_free_port("")
@@ -96,12 +105,18 @@ class RenderActor:
         except OSError:
             pass  # not empty (a peer's files, a user's), or already gone
 
-    def run(self, addr: str, port: int, job: JobConfig, resume: bool, progress: bool) -> WorkerReport:
+    def run(
+        self, addr: str, port: int, job: JobConfig, resume: bool, progress: bool, started_at: float, record: dict
+    ) -> WorkerReport:
         import torch.distributed as dist
 
-        init_worker_process_group(self.rank, self.world_size, addr, port)
+        # the watchdog, not the process group's own timeout, must notice a stuck collective first
+        timeout = job.ray.hang_timeout_s + COLLECTIVE_GRACE_S
+        init_worker_process_group(self.rank, self.world_size, addr, port, timeout_s=timeout)
         try:
-            return render_worker(self.rank, self.world_size, job, resume, progress)
+            return render_worker(
+                self.rank, self.world_size, job, resume, progress, started_at, on_progress=self._note, record=record
+            )
         finally:
             dist.destroy_process_group()
 
@@ -351,9 +366,17 @@ def _ask(refs: list, timeout_s: float, key: str) -> list:
     return ray.get(refs)
 
 
+def stalled(phase: str, idle_s: float, timeout_s: float) -> bool:
+    """Whether a worker that answers but has spent ``idle_s`` in ``phase`` without a denoising step is stuck:
+    only steps are regular enough to time (loading and decoding take as long as the model and video need)."""
+    return phase == "denoise" and idle_s > timeout_s
+
+
 class _Watchdog:
-    """Pings every worker (``pid``, answered by a thread of its own) and names the first whose ping has
-    gone unanswered for ``timeout_s``: a stopped or frozen process, or a node that cannot be reached."""
+    """Asks every worker for its progress (answered by a thread of its own) and names the first that
+    is lost: one whose answer has not come for ``timeout_s`` (a stopped or frozen process, a node that
+    cannot be reached), or one that answers but has made no denoising step for ``timeout_s`` (a
+    deadlocked collective)."""
 
     def __init__(self, actors: list, timeout_s: float):
         self.actors, self.timeout_s = actors, timeout_s
@@ -361,18 +384,42 @@ class _Watchdog:
         self.pings: list[tuple | None] = [None] * len(actors)  # (ref, sent at)
         self.due = 0.0
 
-    def hung(self) -> int | None:
+    def lost(self) -> tuple[int, str] | None:
+        """(rank, what happened) for the first lost worker, or None.
+
+        A worker that does not answer is blamed before one that answers but is stalled: when one
+        process stops, its peers stall in their next collective with it, and the stopped one is the cause.
+        """
         now = time.monotonic()
         if now < self.due:
             return None
         self.due = now + self.interval
+        waiting, stalled_rank = False, None
         for rank, actor in enumerate(self.actors):
             ping = self.pings[rank]
             if ping is not None and not ray.wait([ping[0]], timeout=0)[0]:
                 if now - ping[1] > self.timeout_s:
-                    return rank
+                    return rank, f"stopped answering for {self.timeout_s:g} s (ray.hang_timeout_s)"
+                waiting = True
                 continue
-            self.pings[rank] = (actor.pid.remote(), now)  # a dead actor's failed ping: its run ref tells
+            if ping is not None and (answer := _answer(ping[0])) is not None:
+                phase, step, idle = answer
+                if stalled_rank is None and stalled(phase, idle, self.timeout_s):
+                    stalled_rank = (rank, step, idle)
+            self.pings[rank] = (actor.progress.remote(), now)  # a dead actor's failed ping: its run ref tells
+        if stalled_rank is not None and not waiting:
+            rank, step, idle = stalled_rank
+            return rank, (
+                f"made no denoising step for {idle:.0f} s after step {step} (ray.hang_timeout_s "
+                f"{self.timeout_s:g}): a collective is stuck"
+            )
+        return None
+
+
+def _answer(ref) -> tuple[str, int, float] | None:
+    try:
+        return ray.get(ref, timeout=0)
+    except (RayActorError, RayTaskError, GetTimeoutError):
         return None
 
 
@@ -389,9 +436,8 @@ def _wait_all(refs: list, actors: list | None = None, hang_timeout_s: float | No
     pending = list(refs)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1, timeout=watchdog.interval if watchdog else None)
-        if watchdog is not None and (rank := watchdog.hung()) is not None:
-            what = f"stopped answering for {hang_timeout_s:g} s (ray.hang_timeout_s)"
-            raise _GroupLost(_Loss(rank, what))
+        if watchdog is not None and (lost := watchdog.lost()) is not None:
+            raise _GroupLost(_Loss(*lost))
         if not ready or (first := _outcome(ready[0])) is None:
             continue
         if not isinstance(first, RayActorError):  # a peer's death may be behind it
@@ -437,6 +483,8 @@ def _form_group(
     progress: bool,
     on_started: Callable[[list], None] | None,
     discard_checkpoints: bool,
+    started_at: float,
+    record: dict,
 ) -> list[WorkerReport]:
     """Start ``world_size`` actors in a new placement group, run the render on them, stop them."""
     name = uuid.uuid4().hex[:8]
@@ -470,7 +518,9 @@ def _form_group(
             if retry:
                 resume = step is not None and ours  # else start over: a newest shared step of another job
         addr, port = _ask([actors[0].address.remote()], job.ray.hang_timeout_s, "ray.hang_timeout_s")[0]
-        refs = [a.run.remote(addr, port, job, resume, progress and r == 0) for r, a in enumerate(actors)]
+        refs = [
+            a.run.remote(addr, port, job, resume, progress and r == 0, started_at, record) for r, a in enumerate(actors)
+        ]
         if on_started is not None:
             on_started(actors)
         reports = _wait_all(refs, actors, job.ray.hang_timeout_s)
@@ -495,6 +545,7 @@ def render_on_ray(
     resume: bool,
     progress: bool = True,
     on_started: Callable[[list], None] | None = None,
+    started_at: float | None = None,
 ) -> RayReports:
     """Run :func:`render_worker` on ``world_size`` Ray actors; returns their reports by rank.
 
@@ -502,6 +553,7 @@ def render_on_ray(
     a lost group was re-formed. ``on_started(actors)`` is called each time a group's actors all exist
     and run (used to watch or stop them).
     """
+    started_at = time.time() if started_at is None else started_at
     recovery = with_recovery_checkpoints(job)
     discard = recovery is not job  # checkpoints the user did not ask for go once the video is written
     job = recovery
@@ -518,7 +570,10 @@ def render_on_ray(
             if losses:  # a lost node may have taken the room the workers need
                 _check_placement(bundle, world_size, job.ray.placement)
             try:
-                reports = _form_group(job, world_size, bundle, resume, bool(losses), progress, on_started, discard)
+                record = {"restarts": len(losses), "lost_workers": losses}
+                reports = _form_group(
+                    job, world_size, bundle, resume, bool(losses), progress, on_started, discard, started_at, record
+                )
                 return RayReports(reports, len(losses), losses)
             except _GroupLost as lost:
                 if len(losses) >= job.ray.max_restarts:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from videogen.pipeline import (
     package_versions,
     write_job_record,
 )
+from videogen.sampling import StepContext, StepHook
 
 
 @dataclass
@@ -198,27 +200,49 @@ def clip_latents_worker(rank: int, world_size: int, job: JobConfig) -> dict:
     return {"latents": latents.cpu(), "frames": worker.frames, "evaluations": evaluations, "traffic": traffic}
 
 
+class _StepProgress(StepHook):
+    def __init__(self, report: Callable[[str, int], None]):
+        self.report = report
+
+    def on_step_end(self, ctx: StepContext, latents: torch.Tensor) -> None:
+        self.report("denoise", ctx.index + 1)
+
+
 def render_worker(
-    rank: int, world_size: int, job: JobConfig, resume: bool, progress: bool = True, started_at: float | None = None
+    rank: int,
+    world_size: int,
+    job: JobConfig,
+    resume: bool,
+    progress: bool = True,
+    started_at: float | None = None,
+    on_progress: Callable[[str, int], None] | None = None,
+    record: dict | None = None,
 ) -> WorkerReport:
     """Render this worker's share and, on rank 0, the joined video. ``job.noise.seed`` is resolved.
 
     ``started_at``: when the driver started the render (``time.time()``), so the record's ``startup``
-    and ``seconds`` cover starting the workers too.
+    and ``seconds`` cover starting the workers too. ``on_progress(phase, steps done)`` is told each
+    phase (``load``, ``denoise``, ``decode``, ``join``) as it starts and each denoising step as it
+    ends (a driver's watchdog). ``record``: more entries for rank 0's ``.meta.json``.
     """
+    note = on_progress or (lambda phase, step: None)
     clock = StageClock()
     if started_at is not None:
         clock.stages["startup"] = max(0.0, time.time() - started_at)
+    note("load", 0)
     worker = setup_worker(world_size, job)
     clock.lap("load")
     world = AxisComm(dist.group.WORLD, "world", worker.stats)
     clips = job_clips(job)
     start = agree_resume_step(world, job, worker.frames) if resume else None
     slot = worker_slot(worker, job, world)
+    slot.hooks.append(_StepProgress(note))
+    note("denoise", 0 if start is None else start + 1)
     latents, evaluations, resumed = denoise(
         job, worker.bundle, job.noise.seed, slot, resume_from=start, progress=progress and rank == 0
     )
     clock.lap("denoise")
+    note("decode", job.sampler.steps)
     share = decode_share(worker, job)
     if share is not None:
         _write_segment(job, worker.bundle, latents, worker.frames, share)
@@ -247,6 +271,7 @@ def render_worker(
     reports = world.gather_objects(asdict(report), "report")  # after every segment is written
     clock.lap("wait")
     if rank == 0:
+        note("join", job.sampler.steps)
         written = join_segments(job)
         clock.lap("join")
         report.output = job.output.path
@@ -269,6 +294,7 @@ def render_worker(
                 "image": image_record(job),
                 "versions": package_versions(),
                 "worker_reports": [_record_of(r) for r in reports],
+                **(record or {}),
             },
             Path(job.output.path),
         )

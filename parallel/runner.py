@@ -66,7 +66,7 @@ def render_parallel(job: JobConfig, resume: bool = False, progress: bool = True)
         else:
             from parallel.ray_runtime import render_on_ray
 
-            reports = render_on_ray(job, world_size, resume, progress)
+            reports = render_on_ray(job, world_size, resume, progress, started_at=started_at)
     finally:
         shutil.rmtree(segments_dir(job), ignore_errors=True)
     main = reports[0]

@@ -7,6 +7,7 @@ compared frame for frame with an uninterrupted one (PNG frames, so nothing is lo
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -19,7 +20,7 @@ import pytest
 import ray
 import yaml
 
-from parallel.ray_runtime import render_on_ray
+from parallel.ray_runtime import render_on_ray, stalled
 from parallel.render import job_clips
 from parallel.runner import render_parallel
 from videogen.checkpoint import checkpoint_dir, checkpoint_steps
@@ -139,6 +140,9 @@ def test_a_killed_worker_is_replaced_and_the_render_resumes_to_the_same_video(
     assert np.array_equal(_frames(tmp_path / "killed"), uninterrupted)
     assert "restarting the workers from their newest shared checkpoint (restart 1 of 2)" in capsys.readouterr().err
     assert list(checkpoint_dir(job).glob("*.safetensors")), "checkpoints the job asked for are kept"
+    meta = json.loads((tmp_path / "killed.meta.json").read_text())
+    assert meta["restarts"] == 1 and meta["lost_workers"] == reports.losses
+    assert meta["timings"]["startup"] >= meta["worker_reports"][1]["timings"]["startup"] > 0
     assert not leftovers
 
 
@@ -177,3 +181,10 @@ def test_when_no_restart_is_left_the_render_fails_in_one_line_naming_the_lost_ra
     ), line
     assert len(saboteur.pids) == 4 and not (tmp_path / "lost.mp4").exists()
     assert not leftovers
+
+
+def test_only_a_worker_that_stops_making_denoising_steps_counts_as_stalled():
+    assert stalled("denoise", idle_s=301, timeout_s=300)
+    assert not stalled("denoise", idle_s=299, timeout_s=300)
+    for slow_phase in ("starting", "load", "decode", "join"):  # as long as the model and video need
+        assert not stalled(slow_phase, idle_s=10_000, timeout_s=300)
