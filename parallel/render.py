@@ -2,7 +2,7 @@
 
 Each worker runs the single-worker pipeline (:func:`videogen.pipeline.denoise`) on its own clip
 of frames with clip parallelism installed on its UNet, decodes its frames into its own mp4
-segment, and rank 0 joins the segments without re-encoding (ARCHITECTURE.md, principle 4).
+segment, and rank 0 joins the segments without re-encoding (docs/architecture.md, principle 4).
 The launcher (local processes or Ray actors) has formed the default process group before
 :func:`render_worker` runs.
 """

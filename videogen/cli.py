@@ -24,7 +24,8 @@ sections and keys (see configs/ and README.md for every default):
   model     path (folder or 'tiny'), unet, vae, text_encoder, tokenizer, scheduler,
             dtype (fp32|fp16|bf16), device (auto|cpu|cuda[:N]), attention (sdpa|xformers),
             prediction_type (auto|epsilon|v_prediction)
-  prompts   text, negative, schedule (list of {text, start, end}), blend_frames
+  prompts   text, negative, schedule (list of {text, start, end}; start/end a frame, a share 0.5 or 50%),
+            blend_frames
   video     width, height (multiples of 8), num_frames, fps
   sampler   name (ddim|euler|dpmpp|unipc), steps, guidance_scale, eta, checkpoint_every
   noise     seed (-1 draws one), kind (gaussian|warped), warped (motion: see docs/warped_noise.md)
@@ -34,7 +35,8 @@ sections and keys (see configs/ and README.md for every default):
             dual_scope.{local_radius,global_frames,switch_timestep,scope_bias}, launcher (ray|local),
             threads_per_worker, patch, cfg (1|2), step, step_warmup, step_reuse (shared|own),
             patch_options.{mode,portion,warmup_steps,groupnorm,split,decode}
-  ray       address (null = local instance), placement, cpus_per_worker, gpus_per_worker, startup_timeout_s
+  ray       address (null = local instance), placement, cpus_per_worker, gpus_per_worker, startup_timeout_s,
+            connect_timeout_s, max_restarts (re-form lost workers, resume), hang_timeout_s
   output    path (.mp4, .gif, or no suffix for PNG frames), crf, decode_chunk_frames, checkpoint_dir
 """
 

@@ -1,6 +1,6 @@
 """One worker's render: prompts -> embeddings -> noise -> sampling loop -> decode -> writer.
 
-A single-process render is the N-worker render with N = 1 (ARCHITECTURE.md, principle 3): the
+A single-process render is the N-worker render with N = 1 (docs/architecture.md, principle 3): the
 parallel runtime calls the same functions with a :class:`WorkerSlot` that names the frames this
 worker owns, the hooks it adds and how it installs itself on the UNet.
 """
