@@ -10,7 +10,9 @@ more can be added beside the ones here.
    worker pool, so neither run pays for it. On a machine with 2 free cores two replicas should
    finish close to twice as many jobs per second.
    ``cores_used`` is the CPU seconds this process and its descendants (Ray and its workers) spent per
-   wall second: below 2 in the two-replica run, the machine had fewer than two cores to give.
+   wall second: below 2 in the two-replica run, the machine had fewer than two cores to give. The
+   workers run at the driver's priority (``RAY_worker_niceness=0``; Ray's default puts them 15 nice
+   levels down, behind any other work on the machine).
 2. Soak figures of the same runs: this process's descendant processes (Ray's own and its workers),
    open file descriptors and RSS before the first timed batch and after the last one has settled;
    growth would be a leak per batch.
@@ -158,6 +160,9 @@ def section_batch_throughput(setup: Setup) -> Section:
 
     jobs, frames, steps = (4, 16, 12) if setup.quick else (8, 16, 20)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Ray starts its workers 15 nice levels below the raylet; on a machine shared with other work the
+    # renders would then measure that work's priority, not the batch's scaling
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     try:
         _run_batch(_write_manifest(setup, "warmup", 2, frames, 2, 0))  # Ray's worker pool, imports
