@@ -12,7 +12,9 @@ more can be added beside the ones here.
    ``cores_used`` is the CPU seconds this process and its descendants (Ray and its workers) spent per
    wall second: below 2 in the two-replica run, the machine had fewer than two cores to give. The
    workers run at the driver's priority (``RAY_worker_niceness=0``; Ray's default puts them 15 nice
-   levels down, behind any other work on the machine).
+   levels down, behind any other work on the machine). A *probe* renders the same jobs on one plain
+   process and then on two (no Ray): its ratio is what this machine gives two processes, and the
+   batch's ratio over it is what Ray's scheduling keeps of that.
 2. Soak figures of the same runs: this process's descendant processes (Ray's own and its workers),
    open file descriptors and RSS before the first timed batch and after the last one has settled;
    growth would be a leak per batch.
@@ -144,6 +146,43 @@ def _run_batch(manifest: Path) -> tuple[float, list, float]:
     return seconds, report.rows, cores
 
 
+def probe_worker(rank: int, world_size: int, model_dir: str, out: str, renders: int, frames: int, steps: int) -> float:
+    """In a plain local process: ``renders`` one-worker renders one after another, timed from a barrier
+    that every probe process passes (so the slowest process's time is the probe's wall time)."""
+    import torch.distributed as dist
+
+    from videogen.api import render_job
+
+    overrides = [
+        f"model.path={model_dir}",
+        "prompts.text=a red balloon over a green field",
+        "video.width=64",
+        "video.height=64",
+        f"video.num_frames={frames}",
+        f"sampler.steps={steps}",
+        "sampler.guidance_scale=7.5",
+    ]
+    dist.barrier()
+    started = time.perf_counter()
+    for i in range(renders):
+        seed = rank * renders + i
+        render_job(
+            None, [*overrides, f"noise.seed={seed}", f"output.path={out}/p{world_size}_s{seed}.mp4"], progress=False
+        )
+    return time.perf_counter() - started
+
+
+def probe(setup: Setup, jobs: int, frames: int, steps: int) -> float:
+    """What this machine gives two plain processes (no Ray) over one: the same ``jobs`` renders on one
+    process, then split over two; the ratio of their wall times."""
+    from parallel.launch import run_local
+
+    out, args = str(setup.scratch / "probe"), (frames, steps)
+    one = max(run_local(probe_worker, 1, str(setup.model_dir), out, jobs, *args, num_threads=1))
+    two = max(run_local(probe_worker, 2, str(setup.model_dir), out, jobs // 2, *args, num_threads=1))
+    return one / two
+
+
 def _settled(before: dict[str, float], timeout_s: float = 30.0) -> dict[str, float]:
     """The figures once Ray's finished workers have exited (or after ``timeout_s``)."""
     deadline = time.monotonic() + timeout_s
@@ -192,20 +231,35 @@ def section_batch_throughput(setup: Setup) -> Section:
             }
         )
     ratio = runs[1][0] / runs[2][0]
+    probe_ratio = probe(setup, jobs, frames, steps)
+    ratios = [
+        {"what": "batch on Ray: 2 replicas at once vs 1", "ratio": ratio},
+        {"what": "probe: 2 plain processes vs 1, no Ray", "ratio": probe_ratio},
+        {"what": "batch ratio / probe ratio", "ratio": ratio / probe_ratio},
+    ]
     soak = [{"when": "before", **before}, {"when": "after", **after}]
     growth = {key: after[key] - before[key] for key in before}
     return Section(
         "batch",
         tables=[
             (f"batch throughput: {jobs} one-worker jobs (64x64, {frames} frames, {steps} steps, 1 thread)", rows),
+            ("throughput ratios (wall time of 1 over wall time of 2)", ratios),
             (f"soak: this process's descendants, open fds and RSS around {2 * jobs} renders", soak),
         ],
         targets={
             "batch_throughput_2_vs_1": target(ratio, ">= 1.8"),
+            "batch_throughput_2_vs_1_over_probe": target(ratio / probe_ratio, ">= 0.9"),
             "batch_soak_process_growth": target(growth["processes"], "<= 1"),
             "batch_soak_fd_growth": target(growth["fds"], "<= 8"),
         },
-        results={"throughput": rows, "throughput_ratio_2_vs_1": ratio, "soak": soak, "soak_growth": growth},
+        results={
+            "throughput": rows,
+            "ratios": ratios,
+            "throughput_ratio_2_vs_1": ratio,
+            "probe_ratio_2_vs_1": probe_ratio,
+            "soak": soak,
+            "soak_growth": growth,
+        },
     )
 
 
