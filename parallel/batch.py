@@ -12,8 +12,7 @@ worker bundle) fit in what the cluster has and what the replicas already running
 collected with ``ray.wait``; one that needs more than the whole cluster fails at once instead of
 waiting forever. The order is strict: a multi-worker replica that does not fit yet is
 not overtaken by later one-worker replicas, so it cannot starve waiting for its placement group.
-One multi-worker replica runs at a time, since :mod:`parallel.ray_runtime` names its actors
-``videogen-rank{rank}`` in one namespace, and two groups at once would claim the same names.
+Several multi-worker replicas may run at once: each group's actors carry a name of their own.
 
 A replica that fails (an error in the render, a bad input found late, a process killed or out of
 memory) is reported on one line, with Ray's full report in a log file where it is not a user's
@@ -25,7 +24,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ray
 from ray.exceptions import RayError, RayTaskError, TaskCancelledError
@@ -38,7 +37,8 @@ from videogen.errors import VideogenError
 @dataclass
 class ReplicaResult:
     """What a finished replica reports: the render's own ``seconds`` (model load included) or its
-    one-line ``error``."""
+    one-line ``error``; ``started`` (when it was submitted) and ``finished`` (when it was collected)
+    are Unix times."""
 
     ok: bool
     seconds: float
@@ -48,6 +48,8 @@ class ReplicaResult:
     workers: int = 1
     model_evaluations: int | None = None
     error: str | None = None
+    started: float | None = None
+    finished: float = field(default_factory=time.time)
 
 
 def _result(result, workers: int) -> dict:
@@ -165,46 +167,43 @@ def render_replicas(
     the running replicas are cancelled (their processes stopped) before it propagates.
     """
     queue = deque(range(len(jobs)))
-    running: dict = {}  # ref -> (position, demand, multi-worker, started)
+    running: dict = {}  # ref -> (position, demand, started: wall-clock time)
     try:
         while queue or running:
             cluster = ray.cluster_resources()
             held: dict[str, float] = {}
-            for _, need, _, _ in running.values():
+            for _, need, _ in running.values():
                 for k, v in need.items():
                     held[k] = held.get(k, 0.0) + v
             while queue:
                 position = queue[0]
                 job = jobs[position][1]
-                need, group = demand(job, cluster), job.parallel.world_size > 1
-                if running and (
-                    (max_parallel and len(running) >= max_parallel)
-                    or (group and any(g for _, _, g, _ in running.values()))
-                    or not _fits(need, held, cluster)
-                ):
+                need = demand(job, cluster)
+                if running and ((max_parallel and len(running) >= max_parallel) or not _fits(need, held, cluster)):
                     break  # strict order: the head waits for room, nothing overtakes it
                 queue.popleft()
                 if not _fits(need, {}, cluster):  # more than the whole cluster: it would wait forever
-                    on_done(position, ReplicaResult(False, 0.0, error=_too_big(job, need, cluster)))
+                    now = time.time()
+                    on_done(position, ReplicaResult(False, 0.0, error=_too_big(job, need, cluster), started=now))
                     continue
-                if group:
+                if job.parallel.world_size > 1:
                     ref = render_group.remote(job)
                 else:
                     ref = render_one.options(num_cpus=job.ray.cpus_per_worker, num_gpus=need["GPU"]).remote(job)
-                running[ref] = (position, need, group, time.perf_counter())
+                running[ref] = (position, need, time.time())
                 for k, v in need.items():
                     held[k] = held.get(k, 0.0) + v
             if not running:
                 continue  # every replica admitted so far failed at once
             ready, _ = ray.wait(list(running), num_returns=1)
-            position, _, group, started = running.pop(ready[0])
+            position, _, started = running.pop(ready[0])
             try:
                 report = ray.get(ready[0])
             except RayError as error:
-                seconds = time.perf_counter() - started
-                on_done(position, ReplicaResult(False, seconds, error=failure_line(error, jobs[position][0])))
+                line = failure_line(error, jobs[position][0])
+                on_done(position, ReplicaResult(False, time.time() - started, error=line, started=started))
             else:
-                on_done(position, ReplicaResult(True, **report))
+                on_done(position, ReplicaResult(True, **report, started=started))
     except BaseException:
         for ref in running:
             ray.cancel(ref, force=True)

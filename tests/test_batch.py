@@ -306,12 +306,16 @@ def test_soak_twenty_renders_leave_no_processes_or_descriptors_behind(ray_cluste
     assert videogen_main(["batch", warm, "--no-progress"]) == 0  # the worker pool is up before measuring
     time.sleep(2)
     before = _resources()
-    listed = [{"overrides": {"video.num_frames": 8, "parallel.clip": 2, "noise.seed": s}} for s in (100, 101)]
+    two_groups = {"video.num_frames": 8, "parallel.clip": 2, "ray.cpus_per_worker": 0.5}  # both fit at once
+    listed = [{"overrides": {**two_groups, "noise.seed": s}} for s in (100, 101)]
     path = _manifest(tmp_path, tiny_model_dir, prompts=["a red balloon", "a blue kite"], seeds=9, jobs=listed)
     started = time.perf_counter()
     assert videogen_main(["batch", path, "--no-progress"]) == 0
     seconds = time.perf_counter() - started
-    assert _statuses(tmp_path / "out") == ["done"] * 20
+    rows = _summary(tmp_path / "out")["jobs"]
+    assert [r["status"] for r in rows] == ["done"] * 20
+    first, second = rows[18], rows[19]  # two multi-worker groups side by side, their actors apart
+    assert second["started"] < first["finished"] and first["workers"] == second["workers"] == 2
     deadline = time.monotonic() + 30  # killed actors and idle workers take a moment to exit
     while True:
         after = _resources()
@@ -319,6 +323,6 @@ def test_soak_twenty_renders_leave_no_processes_or_descriptors_behind(ray_cluste
         if settled or time.monotonic() > deadline:
             break
         time.sleep(1)
-    print(f"\nsoak: 20 renders (2 on 2 clip workers) in {seconds:.1f} s; before {before}; after {after}")
+    print(f"\nsoak: 20 renders (2 of them on 2 clip workers each) in {seconds:.1f} s; before {before}; after {after}")
     assert after["processes"] <= before["processes"] + 1, (before, after)
     assert after["fds"] <= before["fds"] + 8, (before, after)

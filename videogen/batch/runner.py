@@ -34,7 +34,8 @@ Status = Literal["done", "skipped", "failed", "not run"]
 class JobRow:
     """One job's fate. ``seconds``: the render's own time (model load included; None if skipped);
     ``note``: why it rendered or was skipped (what its records said); ``origin``: the manifest entries
-    that made the job (``overrides[1] prompts[0] seeds[2]``, ``jobs[3]``)."""
+    that made the job (``overrides[1] prompts[0] seeds[2]``, ``jobs[3]``); ``started``, ``finished``:
+    Unix times when the render was started (on Ray: submitted) and when it ended (None if skipped)."""
 
     index: int
     name: str
@@ -47,6 +48,8 @@ class JobRow:
     workers: int = 1
     note: str = ""
     origin: str = ""
+    started: float | None = None
+    finished: float | None = None
 
 
 @dataclass
@@ -114,15 +117,16 @@ def _render_locally(plan: BatchPlan, todo: list[PlannedJob], finish: Callable[[P
     from videogen.api import render_job
 
     for planned in todo:
-        started = time.perf_counter()
         row = JobRow(planned.index, planned.name, str(planned.output), "done", workers=planned.workers)
+        row.started = time.time()
         try:
             result = render_job(planned.job, progress=False)
         except Exception as error:  # one job's failure is recorded; the batch goes on
             row.status, row.error = "failed", _failure(error, planned.name)
-            row.seconds = time.perf_counter() - started
+            row.seconds = time.time() - row.started
         else:
             row.seconds, row.seed, row.frames = result.seconds, result.seed, result.frames
+        row.finished = time.time()
         finish(planned, row)
 
 
@@ -137,7 +141,7 @@ def _render_on_ray(plan: BatchPlan, todo: list[PlannedJob], finish: Callable[[Pl
         def done(position: int, result) -> None:
             planned = todo[position]
             row = JobRow(planned.index, planned.name, str(planned.output), "done", workers=planned.workers)
-            row.seconds = result.seconds
+            row.seconds, row.started, row.finished = result.seconds, result.started, result.finished
             if result.ok:
                 row.seed, row.frames = result.seed, result.frames
             else:
