@@ -106,7 +106,15 @@ class RenderActor:
             pass  # not empty (a peer's files, a user's), or already gone
 
     def run(
-        self, addr: str, port: int, job: JobConfig, resume: bool, progress: bool, started_at: float, record: dict
+        self,
+        addr: str,
+        port: int,
+        job: JobConfig,
+        resume: bool,
+        progress: bool,
+        started_at: float,
+        record: dict,
+        asked: JobConfig,
     ) -> WorkerReport:
         import torch.distributed as dist
 
@@ -115,7 +123,15 @@ class RenderActor:
         init_worker_process_group(self.rank, self.world_size, addr, port, timeout_s=timeout)
         try:
             return render_worker(
-                self.rank, self.world_size, job, resume, progress, started_at, on_progress=self._note, record=record
+                self.rank,
+                self.world_size,
+                job,
+                resume,
+                progress,
+                started_at,
+                on_progress=self._note,
+                record=record,
+                asked=asked,
             )
         finally:
             dist.destroy_process_group()
@@ -485,6 +501,7 @@ def _form_group(
     discard_checkpoints: bool,
     started_at: float,
     record: dict,
+    asked: JobConfig,
 ) -> list[WorkerReport]:
     """Start ``world_size`` actors in a new placement group, run the render on them, stop them."""
     name = uuid.uuid4().hex[:8]
@@ -519,7 +536,8 @@ def _form_group(
                 resume = step is not None and ours  # else start over: a newest shared step of another job
         addr, port = _ask([actors[0].address.remote()], job.ray.hang_timeout_s, "ray.hang_timeout_s")[0]
         refs = [
-            a.run.remote(addr, port, job, resume, progress and r == 0, started_at, record) for r, a in enumerate(actors)
+            a.run.remote(addr, port, job, resume, progress and r == 0, started_at, record, asked)
+            for r, a in enumerate(actors)
         ]
         if on_started is not None:
             on_started(actors)
@@ -554,7 +572,7 @@ def render_on_ray(
     and run (used to watch or stop them).
     """
     started_at = time.time() if started_at is None else started_at
-    recovery = with_recovery_checkpoints(job)
+    asked, recovery = job, with_recovery_checkpoints(job)
     discard = recovery is not job  # checkpoints the user did not ask for go once the video is written
     job = recovery
     if discard:
@@ -571,8 +589,20 @@ def render_on_ray(
                 _check_placement(bundle, world_size, job.ray.placement)
             try:
                 record = {"restarts": len(losses), "lost_workers": losses}
+                if discard:
+                    record["recovery_checkpoint_every"] = job.sampler.checkpoint_every
                 reports = _form_group(
-                    job, world_size, bundle, resume, bool(losses), progress, on_started, discard, started_at, record
+                    job,
+                    world_size,
+                    bundle,
+                    resume,
+                    bool(losses),
+                    progress,
+                    on_started,
+                    discard,
+                    started_at,
+                    record,
+                    asked,
                 )
                 return RayReports(reports, len(losses), losses)
             except _GroupLost as lost:

@@ -217,13 +217,16 @@ def render_worker(
     started_at: float | None = None,
     on_progress: Callable[[str, int], None] | None = None,
     record: dict | None = None,
+    asked: JobConfig | None = None,
 ) -> WorkerReport:
     """Render this worker's share and, on rank 0, the joined video. ``job.noise.seed`` is resolved.
 
     ``started_at``: when the driver started the render (``time.time()``), so the record's ``startup``
     and ``seconds`` cover starting the workers too. ``on_progress(phase, steps done)`` is told each
     phase (``load``, ``denoise``, ``decode``, ``join``) as it starts and each denoising step as it
-    ends (a driver's watchdog). ``record``: more entries for rank 0's ``.meta.json``.
+    ends (a driver's watchdog). ``record``: more entries for rank 0's ``.meta.json``. ``asked``: the
+    job as the user gave it, for ``.job.yaml``, when the driver changed what does not change the video
+    (checkpoints switched on for recovery).
     """
     note = on_progress or (lambda phase, step: None)
     clock = StageClock()
@@ -278,7 +281,7 @@ def render_worker(
         report.timings = clock.rounded()
         seconds = time.time() - started_at if started_at is not None else clock.total()
         write_job_record(
-            job,
+            asked or job,
             {
                 "seed": job.noise.seed,
                 "frames": written,

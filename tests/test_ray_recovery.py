@@ -142,7 +142,7 @@ def test_a_killed_worker_is_replaced_and_the_render_resumes_to_the_same_video(
     assert list(checkpoint_dir(job).glob("*.safetensors")), "checkpoints the job asked for are kept"
     meta = json.loads((tmp_path / "killed.meta.json").read_text())
     assert meta["restarts"] == 1 and meta["lost_workers"] == reports.losses
-    assert meta["timings"]["startup"] >= meta["worker_reports"][1]["timings"]["startup"] > 0
+    assert all(r["timings"]["startup"] > 0 for r in meta["worker_reports"])  # the lost group's time included
     assert not leftovers
 
 
@@ -160,6 +160,8 @@ def test_a_stopped_worker_is_detected_replaced_and_the_render_resumes_to_the_sam
     assert reports[0].resumed_from_step is not None
     assert np.array_equal(_frames(tmp_path / "stopped"), uninterrupted)
     assert not checkpoint_dir(job).exists(), "checkpoints written only for recovery go with the render"
+    assert load_job(tmp_path / "stopped.job.yaml").config.sampler.checkpoint_every == 0  # the job as asked
+    assert json.loads((tmp_path / "stopped.meta.json").read_text())["recovery_checkpoint_every"] == STEPS // 10
     assert not leftovers
 
 

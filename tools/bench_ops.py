@@ -18,6 +18,13 @@ more can be added beside the ones here.
 2. Soak figures of the same runs: this process's descendant processes (Ray's own and its workers),
    open file descriptors and RSS before the first timed batch and after the last one has settled;
    growth would be a leak per batch.
+3. ``videogen plan``'s bytes: for clip, patch, cfg, step and combined meshes (local processes), the
+   bytes each worker is predicted to receive over the render, without weights, against what that
+   worker of the real render records in ``.meta.json``; every worker must match exactly.
+4. Recovery: a 2-worker Ray render whose rank 1 is killed (SIGKILL) once it has passed its first
+   checkpoint, against the same render uninterrupted: wall time of both, restarts, and the steps
+   computed twice (the steps done at the kill past the checkpoint resumed from), which must not
+   exceed the checkpoint interval.
 
 The machine's load average before and after is printed and recorded: on a machine busy with other
 work the replicas share fewer than two cores and the ratio says so.
@@ -28,6 +35,7 @@ work the replicas share fewer than two cores and the ratio says so.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -263,7 +271,148 @@ def section_batch_throughput(setup: Setup) -> Section:
     )
 
 
-SECTIONS: list[Callable[[Setup], Section]] = [section_batch_throughput]
+PLAN_MESHES = {
+    "clip=2": ["parallel.clip=2"],
+    "patch=2 displaced": ["parallel.patch=2", "parallel.patch_options.warmup_steps=1"],
+    "cfg=2 x clip=2": ["parallel.cfg=2", "parallel.clip=2"],
+    "step=2": ["parallel.step=2", "parallel.step_warmup=1"],
+    "dual-scope clip=2 x patch=2": [
+        "parallel.clip=2",
+        "parallel.clip_mode=dual_scope",
+        "parallel.dual_scope.local_radius=2",
+        "parallel.dual_scope.global_frames=2",
+        "parallel.patch=2",
+    ],
+}
+
+
+def _job_overrides(setup: Setup, frames: int, steps: int, out: Path) -> list[str]:
+    return [
+        f"model.path={setup.model_dir}",
+        "prompts.text=a red balloon over a green field",
+        "video.width=64",
+        "video.height=64",
+        f"video.num_frames={frames}",
+        f"sampler.steps={steps}",
+        "sampler.guidance_scale=7.5",
+        "parallel.threads_per_worker=1",
+        f"output.path={out}",
+    ]
+
+
+def section_plan_bytes(setup: Setup) -> Section:
+    """Section 3: ``videogen plan``'s predicted bytes against what each worker of the render records."""
+    from parallel.plan import measured_traffic, plan_render
+    from videogen.api import render_job
+    from videogen.config import load_job
+
+    steps = 3 if setup.quick else 6
+    rows, mismatched = [], 0
+    for name, mesh in PLAN_MESHES.items():
+        out = setup.scratch / "plan" / f"{name.replace(' ', '_').replace('=', '')}.mp4"
+        overrides = [*_job_overrides(setup, 8, steps, out), "parallel.launcher=local", *mesh]
+        plan = plan_render(load_job(None, overrides).config)
+        render_job(None, overrides, progress=False)
+        reports = json.loads(out.with_name(out.name + ".meta.json").read_text())["worker_reports"]
+        measured = [measured_traffic(r["traffic"]) for r in sorted(reports, key=lambda r: r["rank"])]
+        wrong = sum(m != p for m, p in zip(measured, plan.traffic, strict=True))
+        mismatched += wrong
+        predicted_total = sum(sum(k.values()) for w in plan.traffic for k in w.values()) / len(plan.traffic)
+        measured_total = sum(sum(k.values()) for w in measured for k in w.values()) / len(measured)
+        rows.append(
+            {
+                "mesh": name,
+                "workers": plan.world_size,
+                "steps": steps,
+                "predicted_MB_per_step": predicted_total / steps / 1e6,
+                "measured_MB_per_step": measured_total / steps / 1e6,
+                "workers_differing": wrong,
+            }
+        )
+    return Section(
+        "plan_bytes",
+        tables=[("videogen plan: predicted vs recorded bytes received per worker (mean), per step", rows)],
+        targets={"plan_bytes_workers_differing": target(mismatched, "<= 0")},
+        results={"plan_bytes": rows},
+    )
+
+
+def section_recovery(setup: Setup) -> Section:
+    """Section 4: a Ray render that loses a worker (SIGKILL after its first checkpoint) against one that
+    does not: wall time, restarts, and the denoising steps computed twice."""
+    import signal
+    import threading
+
+    import ray
+
+    from parallel.ray_runtime import render_on_ray
+    from videogen.config import load_job
+
+    steps, every = (10, 3) if setup.quick else (20, 4)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+
+        def run(name: str, kill: bool) -> dict[str, Any]:
+            out = setup.scratch / "recovery" / name
+            overrides = [*_job_overrides(setup, 9, steps, out), "parallel.clip=2", f"sampler.checkpoint_every={every}"]
+            job = load_job(None, overrides).config
+            seen: dict[str, Any] = {}
+
+            def sabotage(actors) -> None:
+                if not kill or seen:
+                    return
+                seen["pid"] = ray.get(actors[1].pid.remote())
+
+                def act() -> None:
+                    while True:
+                        phase, step, _ = ray.get(actors[1].progress.remote())
+                        if phase == "denoise" and step >= every + 2:  # mid-interval, past the first checkpoint
+                            seen["step_at_kill"] = step
+                            os.kill(seen["pid"], signal.SIGKILL)
+                            return
+                        time.sleep(0.01)
+
+                threading.Thread(target=act, daemon=True).start()
+
+            started = time.perf_counter()
+            reports = render_on_ray(job, 2, resume=False, progress=False, on_started=sabotage)
+            seconds = time.perf_counter() - started
+            resumed = reports[0].resumed_from_step
+            recomputed = seen["step_at_kill"] - (resumed + 1) if kill and resumed is not None else 0
+            return {
+                "run": name,
+                "wall_s": seconds,
+                "restarts": reports.restarts,
+                "resumed_from_step": resumed,
+                "step_at_kill": seen.get("step_at_kill"),
+                "steps_recomputed": recomputed,
+                "checkpoint_every": every,
+            }
+
+        clean = run("uninterrupted", kill=False)
+        killed = run("one_worker_killed", kill=True)
+    finally:
+        ray.shutdown()
+    overhead = killed["wall_s"] / clean["wall_s"]
+    return Section(
+        "recovery",
+        tables=[
+            (f"recovery on Ray: 2 clip workers, {steps} steps, one killed after a checkpoint", [clean, killed]),
+            (
+                "recovery overhead (new actors, model loads, steps after the checkpoint)",
+                [{"wall_killed/clean": overhead}],
+            ),
+        ],
+        targets={
+            "recovery_steps_recomputed_within_checkpoint_interval": target(killed["steps_recomputed"] - every, "<= 0"),
+            "recovery_restarts": target(killed["restarts"], ">= 1"),
+        },
+        results={"recovery": [clean, killed], "recovery_wall_ratio_killed_vs_clean": overhead},
+    )
+
+
+SECTIONS: list[Callable[[Setup], Section]] = [section_batch_throughput, section_plan_bytes, section_recovery]
 
 
 def main() -> None:

@@ -121,10 +121,6 @@ def output_state(job: JobConfig) -> OutputState:
     expected = copy.deepcopy(job)
     if job.noise.seed == -1:  # a drawn seed: the record holds the one drawn
         expected.noise.seed = recorded.noise.seed
-    if job.sampler.checkpoint_every == 0:
-        # no interval asked for: a launcher may choose one for its own recovery, which the record then
-        # holds; checkpoints never change the video
-        expected.sampler.checkpoint_every = recorded.sampler.checkpoint_every
     if to_yaml(recorded) != to_yaml(expected):
         return OutputState(False, f"{record_path.name} differs at {first_difference(recorded, expected)}")
     if meta["seed"] != recorded.noise.seed:
