@@ -110,6 +110,34 @@ def test_ray_job_entrypoint_takes_the_same_dispatch(make_job, tmp_path, single_f
     assert np.abs(_frames(out) - single_frames).max() <= 1
 
 
+@pytest.fixture(scope="module")
+def shared_ray():
+    import os
+
+    import ray
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("name", ["patch", "step", "clip_x_cfg"])
+def test_every_axis_through_the_ray_job_entrypoint_runs_the_asked_workers(
+    name, shared_ray, make_job, tmp_path, single_frames, monkeypatch
+):
+    from jobs.render import main as job_main
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    out = tmp_path / "frames"
+    args = [make_job(**SMALL), f"output.path={out}", "parallel.threads_per_worker=1", *EXACT_MESHES[name]]
+    assert job_main([*args, "--no-progress"]) == 0
+    meta = _meta(out)
+    assert meta["mesh"] == load_job(make_job(**SMALL), EXACT_MESHES[name]).config.parallel.mesh()
+    assert meta["workers"] == len(meta["worker_reports"]) > 1
+    assert np.abs(_frames(out) - single_frames).max() <= 1
+
+
 def test_a_submitted_ray_job_refuses_a_relative_output_path(make_job, tmp_path, monkeypatch, capsys):
     from jobs.render import main as job_main
     from videogen.api import SUBMITTED_JOB_ENV
