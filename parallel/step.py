@@ -53,7 +53,7 @@ import copy
 import hashlib
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -66,7 +66,7 @@ from parallel.mesh import ParallelPlan, build_mesh
 from videogen.config import JobConfig
 from videogen.errors import ConfigError
 from videogen.pipeline import WorkerSlot, denoise, prepare_bundle
-from videogen.sampling import SCHEDULERS, Denoiser, StepContext, StepHook, StepNoise, step_kwargs
+from videogen.sampling import SCHEDULERS, Denoise, Denoiser, StepContext, StepHook, StepNoise, Stepper
 
 __all__ = [
     "REUSE_RULES",
@@ -85,8 +85,6 @@ __all__ = [
 
 REUSE_RULES = ("shared", "own")
 STEP_SAMPLERS = ("ddim", "euler", "dpmpp", "unipc")  # each step is deterministic given output, t, latents
-
-Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -163,50 +161,8 @@ def step_schedule(start: int, num_steps: int, warmup: int, size: int) -> StepSch
     return StepSchedule(range(start, end), rounds)
 
 
-class _Stepper:
-    """One scheduler step exactly as :func:`videogen.sampling.run_steps` takes it, hooks included."""
-
-    def __init__(
-        self,
-        scheduler: SchedulerMixin,
-        frames: range,
-        hooks: Sequence[StepHook],
-        eta: float,
-        step_noise: StepNoise | None,
-    ):
-        if eta > 0 and step_noise is None:
-            raise ValueError("step parallelism with eta > 0 needs step_noise (noise drawn per step index)")
-        self.timesteps = scheduler.timesteps
-        self.frames = frames
-        self.hooks = hooks
-        self.kwargs = step_kwargs(scheduler, eta)
-        self.step_noise = step_noise if eta > 0 else None
-
-    def step(
-        self, scheduler: SchedulerMixin, index: int, latents: torch.Tensor, output: torch.Tensor
-    ) -> tuple[StepContext, torch.Tensor]:
-        """``Phi(latents, output, index)`` on ``scheduler`` (the master's or a draft copy)."""
-        t = self.timesteps[index]
-        ctx = StepContext(index, len(self.timesteps), t, scheduler, self.frames)
-        for hook in self.hooks:
-            output = hook.on_model_output(ctx, latents, output)
-        extra = dict(self.kwargs)
-        if self.step_noise is not None:
-            extra["variance_noise"] = self.step_noise(index, latents)
-        return ctx, scheduler.step(output, t, latents, **extra).prev_sample
-
-    def master(
-        self, scheduler: SchedulerMixin, index: int, latents: torch.Tensor, output: torch.Tensor
-    ) -> torch.Tensor:
-        """A master-trajectory step: :meth:`step`, then every hook's ``on_step_end``."""
-        ctx, latents = self.step(scheduler, index, latents, output)
-        for hook in self.hooks:
-            hook.on_step_end(ctx, latents)
-        return latents
-
-    def evaluate(self, denoiser: Denoise, scheduler: SchedulerMixin, index: int, latents: torch.Tensor) -> torch.Tensor:
-        t = self.timesteps[index]
-        return denoiser(scheduler.scale_model_input(latents, t), t)
+class _Stepper(Stepper):
+    """:class:`videogen.sampling.Stepper` plus what ParaStep adds: single guidance branches and drafts."""
 
     def evaluate_branch(
         self, denoiser: Denoiser, scheduler: SchedulerMixin, index: int, latents: torch.Tensor, branch: str

@@ -181,8 +181,9 @@ def test_samplers_drawing_their_own_noise_are_refused():
             loop(Denoiser(TimeOnlyUNet(), _text(), 1.0), scheduler, torch.zeros(SHAPE), range(4))
 
 
-def test_eta_needs_per_step_noise():
-    loop = make_step_loop(AxisComm(None, "step"), StepParallelConfig())
+@pytest.mark.parametrize("which", ["parastep", "sequential"])
+def test_both_loops_refuse_eta_without_per_step_noise(which):
+    loop = make_step_loop(AxisComm(None, "step"), StepParallelConfig()) if which == "parastep" else run_steps
     with pytest.raises(ValueError, match="needs step_noise"):
         _render(Case("time_only", eta=0.5), lambda *a, **k: loop(*a, **{**k, "step_noise": None}))
 

@@ -157,6 +157,8 @@ class Denoiser:
 
 
 StepNoise = Callable[[int, torch.Tensor], torch.Tensor]
+Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(latents, timestep) -> guided output``: a :class:`Denoiser` or a parallel wrapper of one."""
 
 
 def step_kwargs(scheduler: SchedulerMixin, eta: float) -> dict[str, Any]:
@@ -165,8 +167,62 @@ def step_kwargs(scheduler: SchedulerMixin, eta: float) -> dict[str, Any]:
     return {"eta": eta} if "eta" in params else {}
 
 
+class Stepper:
+    """One denoising step as every loop takes it (:func:`run_steps`, ParaStep's rounds and drafts).
+
+    :meth:`evaluate` is the guided model output at step ``index``; :meth:`step` lets every hook shape
+    it (``on_model_output``) and takes the scheduler step ``Phi(latents, output, index)``, with the
+    step's own noise when ``eta > 0``; :meth:`master` then shows the new latents to every hook
+    (``on_step_end``). ``step_noise(index, latents)`` is that noise, drawn per step and global frame
+    so that the video does not depend on how it is split; ``eta > 0`` without it is refused rather than
+    left to the scheduler's own unseeded draw.
+    """
+
+    def __init__(
+        self,
+        scheduler: SchedulerMixin,
+        frames: range,
+        hooks: Sequence[StepHook],
+        eta: float,
+        step_noise: StepNoise | None,
+    ):
+        if eta > 0 and step_noise is None:
+            raise ValueError("eta > 0 needs step_noise: the step noise drawn per step index and global frame")
+        self.timesteps = scheduler.timesteps
+        self.frames = frames
+        self.hooks = hooks
+        self.kwargs = step_kwargs(scheduler, eta)
+        self.step_noise = step_noise if eta > 0 else None
+
+    def evaluate(self, denoiser: Denoise, scheduler: SchedulerMixin, index: int, latents: torch.Tensor) -> torch.Tensor:
+        t = self.timesteps[index]
+        return denoiser(scheduler.scale_model_input(latents, t), t)
+
+    def step(
+        self, scheduler: SchedulerMixin, index: int, latents: torch.Tensor, output: torch.Tensor
+    ) -> tuple[StepContext, torch.Tensor]:
+        """``Phi(latents, output, index)`` on ``scheduler`` (the master's or a draft copy)."""
+        t = self.timesteps[index]
+        ctx = StepContext(index, len(self.timesteps), t, scheduler, self.frames)
+        for hook in self.hooks:
+            output = hook.on_model_output(ctx, latents, output)
+        extra = dict(self.kwargs)
+        if self.step_noise is not None:
+            extra["variance_noise"] = self.step_noise(index, latents)
+        return ctx, scheduler.step(output, t, latents, **extra).prev_sample
+
+    def master(
+        self, scheduler: SchedulerMixin, index: int, latents: torch.Tensor, output: torch.Tensor
+    ) -> torch.Tensor:
+        """A step of the trajectory that is kept: :meth:`step`, then every hook's ``on_step_end``."""
+        ctx, latents = self.step(scheduler, index, latents, output)
+        for hook in self.hooks:
+            hook.on_step_end(ctx, latents)
+        return latents
+
+
 def run_steps(
-    denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    denoiser: Denoise,
     scheduler: SchedulerMixin,
     latents: torch.Tensor,
     frames: range,
@@ -178,24 +234,12 @@ def run_steps(
     """Denoise ``latents`` from step ``start_index`` to the end of ``scheduler.timesteps``.
 
     The caller has already called ``scheduler.set_timesteps`` (and restored its state when
-    resuming). ``step_noise(index, latents)`` supplies the DDIM ``eta > 0`` noise, so it can be
-    drawn per global frame and be identical however the video is split.
+    resuming). Each step is :class:`Stepper`'s, as in every other loop.
     """
-    timesteps = scheduler.timesteps
-    num_steps = len(timesteps)
-    kwargs = step_kwargs(scheduler, eta)
-    for index in range(start_index, num_steps):
-        t = timesteps[index]
-        ctx = StepContext(index, num_steps, t, scheduler, frames)
-        output = denoiser(scheduler.scale_model_input(latents, t), t)
-        for hook in hooks:
-            output = hook.on_model_output(ctx, latents, output)
-        extra = dict(kwargs)
-        if eta > 0 and step_noise is not None:
-            extra["variance_noise"] = step_noise(index, latents)
-        latents = scheduler.step(output, t, latents, **extra).prev_sample
-        for hook in hooks:
-            hook.on_step_end(ctx, latents)
+    stepper = Stepper(scheduler, frames, hooks, eta, step_noise)
+    for index in range(start_index, len(scheduler.timesteps)):
+        output = stepper.evaluate(denoiser, scheduler, index, latents)
+        latents = stepper.master(scheduler, index, latents, output)
     return latents
 
 
