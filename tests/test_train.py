@@ -237,6 +237,19 @@ def test_warped_noise_is_standard_normal_and_follows_the_clip_flow(tmp_path):
     assert abs(np.mean([float(torch.corrcoef(p)[0, 1]) for p in pairs])) < 0.1
 
 
+def test_a_timestep_range_draws_the_video_stage_timesteps_from_that_share_only(tmp_path):
+    job = tiny_job(tmp_path / "m", "unet.timestep_range=[0.6,1.0]")
+    _, timesteps, _ = unet_draws(job, list(range(64)), (4, 2, 8, 8), None, 1000)
+    assert 600 <= int(timesteps.min()) and int(timesteps.max()) <= 999
+    _, stills, _ = unet_draws(job, list(range(64)), (4, 1, 8, 8), None, 1000, "image")
+    assert int(stills.min()) < 600  # the image stage keeps every timestep
+    full = tiny_job(tmp_path / "f")
+    _, default, _ = unet_draws(full, list(range(64)), (4, 2, 8, 8), None, 1000)
+    assert int(default.min()) < 100 and int(default.max()) > 900
+    with pytest.raises(ConfigError, match=r"unet.timestep_range: must be \[low, high\]"):
+        load_train_job(None, [f"out={tmp_path}", "unet.timestep_range=[0.8,0.2]"])
+
+
 def test_training_job_mistakes_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"command line: vae.steps: must be >= 1"):
         load_train_job(None, [f"out={tmp_path}", "vae.steps=0"])

@@ -127,6 +127,9 @@ class UnetStage(StageSection):
     (warped on a grid ``warp_upsample`` times the latent size), mixed with fresh noise at a
     degradation drawn uniformly from ``degradation``; the rest plain Gaussian noise. ``dropout`` is the
     probability of the UNet's dropout layers (UNet3D's temporal convolutions have them; 0.1 as built).
+    ``timestep_range``: ``[low, high]``, the share of the scheduler's training timesteps the samples'
+    timesteps are drawn from, uniformly (``[0.6, 1.0]``: only the noisiest 40%, where a clip's motion
+    is still undecided and only the caption can tell it).
     """
 
     steps: int = 3000
@@ -136,6 +139,7 @@ class UnetStage(StageSection):
     warp_upsample: int = 4
     degradation: list[float] = field(default_factory=lambda: [0.0, 1.0])
     dropout: float = 0.1
+    timestep_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
 
 
 @dataclass
@@ -232,6 +236,9 @@ def train_problems(job: TrainJob) -> list[tuple[str, str]]:
     u = job.unet
     if not 0.0 <= u.warped_fraction <= 1.0:
         out.append(("unet.warped_fraction", f"must be in [0, 1], got {u.warped_fraction}"))
+    span = u.timestep_range
+    if len(span) != 2 or not 0.0 <= span[0] < span[1] <= 1.0:
+        out.append(("unet.timestep_range", f"must be [low, high] with 0 <= low < high <= 1, got {span}"))
     for name in ("image", "unet"):
         dropout = getattr(job, name).dropout
         if not 0.0 <= dropout < 1.0:

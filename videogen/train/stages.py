@@ -119,11 +119,16 @@ def unet_draws(
     (always in the ``image`` stage).
     """
     stage, data = job.unet, job.data
+    span = stage.timestep_range if stage_name == "unet" else (0.0, 1.0)
+    low_t, high_t = (
+        round(span[0] * num_timesteps),
+        max(round(span[1] * num_timesteps), round(span[0] * num_timesteps) + 1),
+    )
     keep, timesteps, noises = [], [], []
     for j, index in enumerate(indices):
         g = sample_generator(job.seed, stage_name, index)
         keep.append(float(torch.rand(1, generator=g)) >= data.caption_dropout)
-        timesteps.append(int(torch.randint(0, num_timesteps, (1,), generator=g)))
+        timesteps.append(int(torch.randint(low_t, high_t, (1,), generator=g)))
         warped = float(torch.rand(1, generator=g)) < stage.warped_fraction
         low, high = stage.degradation
         gamma = low + (high - low) * float(torch.rand(1, generator=g))
