@@ -35,14 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from videogen.config import JobConfig, LoadedJob, job_problems, load_layers
 from videogen.errors import ConfigError
-
-Problem = tuple[str, str]
-"""(key as the manifest spells it, what is wrong)."""
+from videogen.job_keys import Problem, first_line, mapping_items, nested, override_items, plain
 
 DEFAULT_NAME = "{index:03d}_{prompt_slug}_s{seed}.mp4"
 NAME_FIELDS = ("index", "variant", "seed", "prompt_slug")
@@ -129,71 +127,6 @@ class BatchPlan:
         return self.out / SUMMARY_FILE
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
-def plain(value: Any) -> Any:
-    """``value`` with OmegaConf containers turned into plain dicts and lists."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
-def _flatten(mapping: dict, prefix: str = "", dots: int = 0) -> list[tuple[str, Any, int]]:
-    """``(dotted key, value, dots written inside the mapping's own keys)`` for every leaf."""
-    items: list[tuple[str, Any, int]] = []
-    for name, value in mapping.items():
-        key = f"{prefix}.{name}" if prefix else str(name)
-        written = dots + str(name).count(".")
-        if isinstance(value, dict) and value:
-            items.extend(_flatten(value, key, written))
-        else:
-            items.append((key, value, written))
-    return items
-
-
-def mapping_items(mapping: dict) -> list[tuple[str, Any]]:
-    """A mapping's render-job keys in merge order: one written dotted (``video.width: 64``) before one
-    written nested (``video: {width: 32}``), else in the mapping's order, so a later item wins (the
-    rule of ``videogen eval``'s ``base``; a command-line override arrives nested and wins)."""
-    ordered = sorted(_flatten(mapping), key=lambda item: -item[2])
-    return [(key, value) for key, value, _ in ordered]
-
-
-def override_items(value: Any, where: str) -> tuple[list[tuple[str, Any, str]], list[Problem]]:
-    """Render-job keys of a mapping (dotted or nested) or a list of ``"section.key=value"`` as
-    ``(job key, value, manifest key)`` triples; ``where`` is the value's own key in the manifest."""
-    value = plain(value)
-    if value is None:
-        return [], []
-    if isinstance(value, dict):
-        return [(key, item, f"{where}.{key}") for key, item in mapping_items(value)], []
-    if not isinstance(value, list):
-        return [], [(where, "a mapping {section.key: value} or a list of 'section.key=value'")]
-    items, problems = [], []
-    for j, entry in enumerate(value):
-        key = f"{where}[{j}]"
-        if not isinstance(entry, str) or "=" not in entry or entry.startswith("="):
-            problems.append((key, f"{entry!r} does not look like section.key=value"))
-            continue
-        try:
-            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([entry]), resolve=True)
-        except OmegaConfBaseException as error:
-            problems.append((key, f"{entry!r}: {_first_line(error)}"))
-            continue
-        items.extend((name, item, key) for name, item in mapping_items(parsed))
-    return items, problems
-
-
-def _nested(key: str, value: Any) -> dict:
-    out: Any = value
-    for part in reversed(key.split(".")):
-        out = {part: out}
-    return out
-
-
 def _under(key: str, name: str) -> bool:
     return key == name or key.startswith(name + ".")
 
@@ -256,9 +189,9 @@ class _Layers:
 
     def merge(self, key: str, value: Any, label: str) -> Problem | None:
         try:
-            self.config = OmegaConf.merge(self.config, OmegaConf.create(_nested(key, value)))
+            self.config = OmegaConf.merge(self.config, OmegaConf.create(nested(key, value)))
         except (OmegaConfBaseException, TypeError, ValueError) as error:
-            return label, _first_line(error)
+            return label, first_line(error)
         self.set_by.pop(key, None)  # re-inserted last: the latest setting of a key is found first
         self.set_by[key] = label
         return None
@@ -275,7 +208,7 @@ class _Layers:
             self.config = OmegaConf.merge(self.config, layer)
         except (OmegaConfBaseException, TypeError, ValueError) as error:
             key = getattr(error, "full_key", None) or "?"
-            return f"{path}: {key}", _first_line(error)
+            return f"{path}: {key}", first_line(error)
         for key in sorted(_leaf_keys(layer)):
             self.set_by[key] = f"{path}: {key}"
         return None
@@ -298,7 +231,7 @@ class _Layers:
             return None, [(key, "a value is required (set it in the job file or in base)")]
         except OmegaConfBaseException as error:
             key = getattr(error, "full_key", None) or "?"
-            return None, [(self.label(key), _first_line(error))]
+            return None, [(self.label(key), first_line(error))]
         job.prompts.text = job.prompts.text or ""  # null is the empty prompt, as videogen render reads it
         job.prompts.negative = job.prompts.negative or ""
         return job, []
@@ -407,7 +340,7 @@ def _format_name(template: str, fields: dict[str, Any]) -> tuple[str | None, str
             "{video.width} or {sampler.guidance_scale}"
         )
     except (AttributeError, IndexError, ValueError, TypeError) as error:
-        return None, f"{template!r}: {_first_line(error)}"
+        return None, f"{template!r}: {first_line(error)}"
     path = Path(text)
     if not text.strip() or path.is_absolute() or ".." in path.parts or path.name in ("", "."):
         return None, f"{template!r} gives {text!r}; a name is a relative file or folder name inside out"

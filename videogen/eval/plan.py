@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from videogen.config import JobConfig, PromptsConfig, job_problems
 from videogen.errors import ConfigError
-from videogen.eval.schema import Problem, plain, seed_list
+from videogen.eval.schema import seed_list
+from videogen.job_keys import Problem, first_line, nested, override_items
 
 if TYPE_CHECKING:
     from videogen.eval.schema import EvalJob
@@ -47,69 +48,6 @@ class RenderPlan:
     workers: int
     job: JobConfig
 
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
-def _flatten(mapping: dict, prefix: str = "", dots: int = 0) -> list[tuple[str, Any, int]]:
-    """``(dotted key, value, dots written inside the mapping's own keys)`` for every leaf."""
-    items: list[tuple[str, Any, int]] = []
-    for name, value in mapping.items():
-        key = f"{prefix}.{name}" if prefix else str(name)
-        written = dots + str(name).count(".")
-        if isinstance(value, dict) and value:
-            items.extend(_flatten(value, key, written))
-        else:
-            items.append((key, value, written))
-    return items
-
-
-def mapping_items(mapping: dict) -> list[tuple[str, Any]]:
-    """A mapping's render-job keys in merge order: a key written dotted (``video.width: 64``) before
-    one written nested (``video: {width: 32}``), else in the mapping's order, so a later item wins.
-
-    A command-line override (``base.video.width=32``) always arrives nested, so it wins over the
-    file's dotted key as it wins over its nested one.
-    """
-    ordered = sorted(_flatten(mapping), key=lambda item: -item[2])  # stable: the mapping's order within a rank
-    return [(key, value) for key, value, _ in ordered]
-
-
-def override_items(value: Any, where: str) -> tuple[list[tuple[str, Any, str]], list[Problem]]:
-    """Render-job keys of ``base`` or a suite's ``overrides`` as ``(job key, value, file key)`` triples.
-
-    ``value`` is a mapping with dotted or nested keys, or a list of ``"section.key=value"`` strings
-    (values read as YAML, like command-line overrides); ``where`` is its own key in the file.
-    """
-    value = plain(value)
-    if value is None:
-        return [], []
-    if isinstance(value, dict):
-        return [(key, item, f"{where}.{key}") for key, item in mapping_items(value)], []
-    if not isinstance(value, list):
-        return [], [(where, "a mapping {section.key: value} or a list of 'section.key=value'")]
-    items, problems = [], []
-    for j, entry in enumerate(value):
-        key = f"{where}[{j}]"
-        if not isinstance(entry, str) or "=" not in entry or entry.startswith("="):
-            problems.append((key, f"{entry!r} does not look like section.key=value"))
-            continue
-        try:
-            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([entry]), resolve=True)
-        except OmegaConfBaseException as error:
-            problems.append((key, f"{entry!r}: {_first_line(error)}"))
-            continue
-        items.extend((name, item, key) for name, item in mapping_items(parsed))
-    return items, problems
-
-
-def _nested(key: str, value: Any) -> dict:
-    out: Any = value
-    for part in reversed(key.split(".")):
-        out = {part: out}
-    return out
 
 
 def _reserved(key: str) -> str | None:
@@ -151,20 +89,20 @@ def suite_template(job: EvalJob, index: int) -> tuple[JobConfig | None, list[Pro
     try:
         config = OmegaConf.structured(JobConfig(model=copy.deepcopy(job.model), prompts=PromptsConfig(text=first)))
     except OmegaConfBaseException as error:
-        return None, [("model", _first_line(error))]
+        return None, [("model", first_line(error))]
     set_by: dict[str, str] = {}
     for key, value, file_key in items:
         try:
-            config = OmegaConf.merge(config, OmegaConf.create(_nested(key, value)))
+            config = OmegaConf.merge(config, OmegaConf.create(nested(key, value)))
         except OmegaConfBaseException as error:
-            return None, [(file_key, _first_line(error))]
+            return None, [(file_key, first_line(error))]
         set_by.pop(key, None)  # re-inserted last: the latest setting of a key is found first
         set_by[key] = file_key
     try:
         render: JobConfig = OmegaConf.to_object(config)
     except OmegaConfBaseException as error:
         full_key = getattr(error, "full_key", None) or "?"
-        return None, [(_file_key(full_key, set_by, where + ".overrides"), _first_line(error))]
+        return None, [(_file_key(full_key, set_by, where + ".overrides"), first_line(error))]
     try:
         render.noise.seed = seed_list(job.seeds)[0]
     except ValueError:

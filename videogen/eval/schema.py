@@ -29,16 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING
 
 from videogen.config import LoadedJob, ModelConfig, load_layers
 from videogen.data.measure import parse_caption
+from videogen.job_keys import Problem, mapping_items, plain
 
 SUITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 """A suite's name: it names its contact sheet ``sheets/<name>.png``."""
-
-Problem = tuple[str, str]
-"""(key as the evaluation file spells it, what is wrong)."""
 
 
 @dataclass
@@ -98,18 +96,10 @@ class EvalJob:
     scoring: ScoringSection = field(default_factory=ScoringSection)
 
 
-def plain(value: Any) -> Any:
-    """``value`` with OmegaConf containers turned into plain dicts and lists."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
 def resolved_keys(value: Any) -> Any:
     """``base`` or a suite's ``overrides`` as plain values; a mapping as one dotted key per render-job
     key, holding the value that wins the merge (:func:`videogen.eval.plan.mapping_items`), so the
     resolved evaluation names each key once."""
-    from videogen.eval.plan import mapping_items  # plan imports this module
 
     value = plain(value)
     return dict(mapping_items(value)) if isinstance(value, dict) else value
