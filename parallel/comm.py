@@ -125,6 +125,19 @@ class AxisComm:
         self.stats.record(self.axis, kind, nbytes(tensor), (self.size - 1) * nbytes(tensor))
         return InFlight([work], out, (tensor,))
 
+    def gather(self, tensor: torch.Tensor, kind: str, dst: int = 0) -> list[torch.Tensor] | None:
+        """Every rank's ``tensor`` (same shape on all ranks) on group rank ``dst``, in rank order; None elsewhere."""
+        if self.size == 1:
+            return [tensor]
+        tensor = tensor.contiguous()
+        out = [torch.empty_like(tensor) for _ in range(self.size)] if self.rank == dst else None
+        dist.gather(tensor, out, group=self.group, group_dst=dst)
+        if self.rank == dst:
+            self.stats.record(self.axis, kind, 0, (self.size - 1) * nbytes(tensor))
+        else:
+            self.stats.record(self.axis, kind, nbytes(tensor), 0)
+        return out
+
     def gather_objects(self, obj: Any, kind: str, dst: int = 0) -> list[Any] | None:
         """Every rank's picklable ``obj`` on group rank ``dst`` (in rank order), None elsewhere."""
         if self.size == 1:
@@ -200,21 +213,27 @@ class AxisComm:
         return self.start_exchange(outgoing, incoming, like, kind).wait()
 
     def start_exchange(
-        self, outgoing: dict[int, torch.Tensor], incoming: dict[int, Sequence[int]], like: torch.Tensor, kind: str
+        self,
+        outgoing: dict[int, torch.Tensor],
+        incoming: dict[int, Sequence[int]],
+        like: torch.Tensor,
+        kind: str,
+        tag: int = 0,
     ) -> InFlight:
         """:meth:`exchange`, posted now; :meth:`InFlight.wait` completes it and returns its result.
 
         The caller may compute in between (anything but other communication on this axis), so
         a peer that reaches the exchange later costs this rank less idle time. The ``outgoing``
-        tensors must not be modified before the wait.
+        tensors must not be modified before the wait. ``tag`` tells apart exchanges in flight at once
+        between the same ranks.
         """
         ops, received = [], {}
         sends = tuple(tensor.contiguous() for _, tensor in sorted(outgoing.items()))
         for peer, tensor in zip(sorted(outgoing), sends, strict=True):
-            ops.append(dist.P2POp(dist.isend, tensor, group=self.group, group_peer=peer))
+            ops.append(dist.P2POp(dist.isend, tensor, group=self.group, tag=tag, group_peer=peer))
         for peer, shape in sorted(incoming.items()):
             received[peer] = torch.empty(tuple(shape), dtype=like.dtype, device=like.device)
-            ops.append(dist.P2POp(dist.irecv, received[peer], group=self.group, group_peer=peer))
+            ops.append(dist.P2POp(dist.irecv, received[peer], group=self.group, tag=tag, group_peer=peer))
         if not ops:
             return InFlight([], received)
         flight = InFlight(list(dist.batch_isend_irecv(ops)), received, sends)

@@ -54,7 +54,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 from diffusers.models.downsampling import Downsample2D
@@ -63,7 +62,7 @@ from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 from torch import nn
 
-from parallel.comm import AxisComm, InFlight, nbytes
+from parallel.comm import AxisComm, InFlight
 from parallel.dual_scope import patch_forward, temporal_output, temporal_qkv
 from videogen.errors import ConfigError
 
@@ -242,36 +241,26 @@ def _neighbour_bands(
     """
     if comm.size == 1 or before == after == 0:
         return InFlight([], (None, None))
-    ops, sends, left, right, sent, received = [], [], None, None, 0, 0
-    length = x.shape[dim]
+    length, previous, following = x.shape[dim], comm.rank - 1, comm.rank + 1
+    outgoing, incoming = {}, {}
 
-    def post(op: Callable, tensor: torch.Tensor, peer: int) -> None:
-        ops.append(dist.P2POp(op, tensor, group=comm.group, tag=tag, group_peer=peer))
+    def shape(width: int) -> list[int]:
+        out = list(x.shape)
+        out[dim] = width
+        return out
 
-    if comm.rank > 0:
+    if previous >= 0:
         if after:
-            sends.append(x.narrow(dim, 0, after).contiguous())
-            post(dist.isend, sends[-1], comm.rank - 1)
-            sent += nbytes(sends[-1])
+            outgoing[previous] = x.narrow(dim, 0, after)
         if before:
-            shape = list(x.shape)
-            shape[dim] = before
-            left = x.new_empty(shape)
-            post(dist.irecv, left, comm.rank - 1)
-            received += nbytes(left)
-    if comm.rank < comm.size - 1:
+            incoming[previous] = shape(before)
+    if following < comm.size:
         if before:
-            sends.append(x.narrow(dim, length - before, before).contiguous())
-            post(dist.isend, sends[-1], comm.rank + 1)
-            sent += nbytes(sends[-1])
+            outgoing[following] = x.narrow(dim, length - before, before)
         if after:
-            shape = list(x.shape)
-            shape[dim] = after
-            right = x.new_empty(shape)
-            post(dist.irecv, right, comm.rank + 1)
-            received += nbytes(right)
-    flight = InFlight(list(dist.batch_isend_irecv(ops)), (left, right), tuple(sends))
-    comm.stats.record(comm.axis, kind, sent, received)
+            incoming[following] = shape(after)
+    flight = comm.start_exchange(outgoing, incoming, x, kind, tag)
+    flight.finish = lambda received: (received.get(previous), received.get(following))
     if not async_op:
         flight.wait()
     return flight

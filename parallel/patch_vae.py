@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import torch
-import torch.distributed as dist
 from diffusers import AutoencoderKL
 from torch import nn
 
@@ -96,21 +95,6 @@ def apply_patch_parallel_vae(vae: AutoencoderKL, comm: AxisComm, split: PatchSpl
     return remove
 
 
-def _gather_to_first(comm: AxisComm, x: torch.Tensor, kind: str) -> list[torch.Tensor] | None:
-    """Every rank's ``x`` on rank 0 (in rank order), ``None`` elsewhere; accounting as the other collectives."""
-    if comm.size == 1:
-        return [x]
-    x = x.contiguous()
-    nbytes = x.numel() * x.element_size()
-    out = [torch.empty_like(x) for _ in range(comm.size)] if comm.rank == 0 else None
-    dist.gather(x, out, group=comm.group, group_dst=0)
-    if comm.rank == 0:
-        comm.stats.record(comm.axis, kind, 0, (comm.size - 1) * nbytes)
-    else:
-        comm.stats.record(comm.axis, kind, nbytes, 0)
-    return out
-
-
 @torch.no_grad()
 def decode_patch_chunks(
     vae: AutoencoderKL, latents: torch.Tensor, comm: AxisComm, chunk: int, split: str = "auto"
@@ -129,7 +113,7 @@ def decode_patch_chunks(
             z = latents[0, :, start : start + chunk].permute(1, 0, 2, 3)
             z = z.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor
             image = (vae.decode(z).sample.float() / 2 + 0.5).clamp(0, 1)
-            parts = _gather_to_first(comm, image, "decode")
+            parts = comm.gather(image, "decode")
             yield None if parts is None else torch.cat(parts, dim=bands.axis).permute(0, 2, 3, 1).cpu()
     finally:
         remove()

@@ -173,3 +173,25 @@ def test_uneven_gather_rejects_sizes_that_do_not_match_the_tensor():
     comm = AxisComm(None, "clip")
     with pytest.raises(ValueError, match="do not match"):
         comm.all_gather_uneven(torch.zeros(2, 3), dim=1, sizes=[2], kind="attn_kv")
+
+
+def test_every_byte_between_render_workers_goes_through_the_accounted_communicator():
+    """Only parallel/comm.py moves tensors (process-group set-up, DDP training and barriers aside), so
+    the traffic every record and `videogen plan` report is complete."""
+    import re
+    from pathlib import Path
+
+    moving = re.compile(
+        r"dist\.(all_reduce|all_gather\w*|gather\w*|broadcast\w*|reduce\w*|scatter\w*|isend|irecv|"
+        r"send|recv|P2POp|batch_isend_irecv|all_to_all\w*)\b"
+    )
+    root = Path(__file__).resolve().parents[1] / "parallel"
+    exempt = {"comm.py", "train_ddp.py"}
+    offenders = [
+        f"{path.name}:{n}"
+        for path in sorted(root.glob("*.py"))
+        if path.name not in exempt
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if moving.search(line)
+    ]
+    assert offenders == []
