@@ -210,3 +210,15 @@ def test_the_fixes_the_model_path_error_names_load(make_job):
     partial = Path(job).with_name("unet_only.yaml")
     partial.write_text("model: {unet: /models/vc2_unet}\nprompts: {text: hi}\n")
     assert load_job(partial, ["model.path=/data/zs"]).config.model.unet == "/models/vc2_unet"
+
+
+def test_a_warped_noise_problem_reaches_the_job_as_its_own_key_and_message(make_job):
+    error = ConfigError.of("noise.warped.upsample", "must be an integer in [1, 16], got 0")
+    assert (error.key, error.problem, str(error)) == (
+        "noise.warped.upsample",
+        "must be an integer in [1, 16], got 0",
+        "noise.warped.upsample: must be an integer in [1, 16], got 0",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_job(make_job(), ["noise.kind=warped", "noise.warped.upsample=0"])
+    assert str(caught.value) == "command line: noise.warped.upsample: must be an integer in [1, 16], got 0"

@@ -471,8 +471,7 @@ def _problems(job: JobConfig) -> list[tuple[str, str]]:
         try:
             validate_warped_spec(job.noise.warped)
         except ConfigError as error:
-            key, _, message = str(error).partition(": ")
-            out.append((key, message))
+            out.append((error.key or "noise.warped", error.problem or str(error)))
     if not o.path.strip():
         out.append(("output.path", "is empty; give a .mp4 or .gif file, or a folder for PNG frames"))
     elif Path(o.path).name in ("", ".", ".."):

@@ -114,7 +114,7 @@ class WarpedNoiseSpec:
 
 
 def _fail(key: str, message: str) -> ConfigError:
-    return ConfigError(f"{_PREFIX}.{key}: {message}")
+    return ConfigError.of(f"{_PREFIX}.{key}", message)
 
 
 def _finite(key: str, value: float) -> None:
