@@ -99,11 +99,11 @@ class ClipParallelConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ConfigError(f"clip.mode must be one of {MODES}, got {self.mode!r}")
+            raise ConfigError(f"parallel.clip_mode must be one of {MODES}, got {self.mode!r}")
         if self.groupnorm not in GROUPNORMS:
-            raise ConfigError(f"clip.groupnorm must be one of {GROUPNORMS}, got {self.groupnorm!r}")
+            raise ConfigError(f"parallel.groupnorm must be one of {GROUPNORMS}, got {self.groupnorm!r}")
         if self.mode == "exact" and self.groupnorm != "exact":
-            raise ConfigError("clip.mode 'exact' needs clip.groupnorm 'exact'")
+            raise ConfigError("parallel.clip_mode 'exact' needs parallel.groupnorm 'exact'")
 
     @property
     def exact_groupnorm(self) -> bool:

@@ -73,11 +73,11 @@ class DualScopeConfig:
 
     def __post_init__(self) -> None:
         if self.local_radius < 1:
-            raise ConfigError(f"dual_scope.local_radius must be at least 1, got {self.local_radius}")
+            raise ConfigError(f"parallel.dual_scope.local_radius must be at least 1, got {self.local_radius}")
         if self.global_frames < 1:
-            raise ConfigError(f"dual_scope.global_frames must be at least 1, got {self.global_frames}")
+            raise ConfigError(f"parallel.dual_scope.global_frames must be at least 1, got {self.global_frames}")
         if not math.isfinite(self.scope_bias) or not math.isfinite(self.switch_timestep):
-            raise ConfigError("dual_scope.scope_bias and dual_scope.switch_timestep must be finite")
+            raise ConfigError("parallel.dual_scope.scope_bias and parallel.dual_scope.switch_timestep must be finite")
 
 
 def scope_biases(config: DualScopeConfig, timestep: float) -> tuple[float, float]:

@@ -121,22 +121,22 @@ class PatchParallelConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ConfigError(f"patch.mode must be one of {MODES}, got {self.mode!r}")
+            raise ConfigError(f"parallel.patch_options.mode must be one of {MODES}, got {self.mode!r}")
         if self.groupnorm not in GROUPNORMS:
-            raise ConfigError(f"patch.groupnorm must be one of {GROUPNORMS}, got {self.groupnorm!r}")
+            raise ConfigError(f"parallel.patch_options.groupnorm must be one of {GROUPNORMS}, got {self.groupnorm!r}")
         if self.mode == "sync" and self.groupnorm != "exact":
-            raise ConfigError("patch.mode 'sync' needs patch.groupnorm 'exact'")
+            raise ConfigError("parallel.patch_options.mode 'sync' needs parallel.patch_options.groupnorm 'exact'")
         if self.split not in SPLITS:
-            raise ConfigError(f"patch.split must be one of {SPLITS}, got {self.split!r}")
+            raise ConfigError(f"parallel.patch_options.split must be one of {SPLITS}, got {self.split!r}")
         if self.decode not in DECODES:
-            raise ConfigError(f"patch.decode must be one of {DECODES}, got {self.decode!r}")
+            raise ConfigError(f"parallel.patch_options.decode must be one of {DECODES}, got {self.decode!r}")
         portion = self.portion
         numeric = isinstance(portion, (int, float)) and not isinstance(portion, bool)
         if portion != "all" and not (numeric and 0 < portion <= 1):
-            raise ConfigError(f"patch.portion must be 'all' or a number in (0, 1], got {portion!r}")
+            raise ConfigError(f"parallel.patch_options.portion must be 'all' or a number in (0, 1], got {portion!r}")
         steps = self.warmup_steps
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ConfigError(f"patch.warmup_steps must be an integer >= 1, got {steps!r}")
+            raise ConfigError(f"parallel.patch_options.warmup_steps must be an integer >= 1, got {steps!r}")
 
     @property
     def full_conditioning(self) -> bool:
@@ -209,7 +209,7 @@ def split_rows(latent_hw: tuple[int, int], parts: int, levels: int, split: str =
     Raises :class:`ConfigError` naming the resolution level that does not divide.
     """
     if split not in SPLITS:
-        raise ConfigError(f"patch.split must be one of {SPLITS}, got {split!r}")
+        raise ConfigError(f"parallel.patch_options.split must be one of {SPLITS}, got {split!r}")
     if not isinstance(parts, int) or parts < 1:
         raise ConfigError(f"the patch axis needs at least one worker, got {parts}")
     h, w = latent_hw

@@ -95,3 +95,18 @@ def test_a_render_with_an_impossible_row_split_fails_before_any_worker_starts(ma
     with pytest.raises(ConfigError, match="parallel.patch: cannot split a 16x16 latent over 3 patch workers"):
         render_parallel(job, progress=False)
     assert not list(Path(tmp_path).glob("*v.mp4*"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["parallel.patch=2", "parallel.patch_options.mode=sync", "parallel.patch_options.groupnorm=stale"],
+            "parallel.patch_options.mode 'sync' needs parallel.patch_options.groupnorm 'exact'",
+        ),
+        (["parallel.patch=2", "parallel.patch_options.warmup_steps=0"], "parallel.patch_options.warmup_steps must"),
+    ],
+)
+def test_a_method_option_conflict_names_the_keys_the_user_writes(make_job, capsys, overrides, message):
+    assert videogen_main(["plan", make_job(**SMALL), *overrides]) == 2
+    assert message in capsys.readouterr().out
