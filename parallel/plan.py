@@ -35,10 +35,10 @@ from torch import nn
 
 from parallel.clip import CONV_HALO, _conv_stages
 from parallel.dual_scope import find_temporal_modules, global_frame_indices
+from parallel.job_plan import clip_config, job_clips, patch_config, step_config
 from parallel.mesh import ParallelPlan
 from parallel.patch import PatchSplit, split_rows, traffic_per_step
 from parallel.patch_vae import decode_method, frame_share
-from parallel.render import clip_config, job_clips, patch_config, step_config
 from parallel.step import check_sampler, step_schedule
 from videogen.config import JobConfig
 from videogen.errors import ConfigError, VideogenError

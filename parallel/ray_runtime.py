@@ -46,8 +46,9 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from safetensors import SafetensorError, safe_open
 
+from parallel.job_plan import job_clips, plan_of
 from parallel.launch import find_free_port, init_worker_process_group, write_failure_log
-from parallel.render import WorkerReport, job_clips, plan_of, render_worker
+from parallel.render import WorkerReport, render_worker
 from videogen.checkpoint import checkpoint_dir, checkpoint_steps, job_fingerprint
 from videogen.config import JobConfig
 from videogen.errors import ConfigError, VideogenError

@@ -19,14 +19,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from parallel.clip import ClipParallelConfig, min_clip_frames, split_frames
 from parallel.comm import AxisComm
 from parallel.compose import MeshWorker, mesh_slot, setup_mesh_worker
-from parallel.dual_scope import DualScopeConfig
-from parallel.mesh import ParallelPlan
-from parallel.patch import PatchParallelConfig
+from parallel.job_plan import clip_config, job_clips, patch_config, plan_of, step_config
 from parallel.patch_vae import decode_method, frame_share
-from parallel.step import StepParallelConfig
 from videogen.checkpoint import checkpoint_dir, checkpoint_steps
 from videogen.config import JobConfig
 from videogen.errors import VideogenError
@@ -61,25 +57,6 @@ class WorkerReport:
     decoded: tuple[int, int] | None = None  # the frames it decoded and wrote, if any
     host: str = ""
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage: startup, load, denoise, decode, ...
-
-
-def plan_of(job: JobConfig) -> ParallelPlan:
-    par = job.parallel
-    return ParallelPlan(clip=par.clip, patch=par.patch, step=par.step, cfg=par.cfg)
-
-
-def clip_config(job: JobConfig) -> ClipParallelConfig:
-    ds = job.parallel.dual_scope
-    return ClipParallelConfig(
-        mode=job.parallel.clip_mode,
-        groupnorm=job.parallel.groupnorm,
-        dual_scope=DualScopeConfig(ds.local_radius, ds.global_frames, ds.switch_timestep, ds.scope_bias),
-    )
-
-
-def job_clips(job: JobConfig) -> list[range]:
-    """Every worker's frames; a clear error when the video cannot be split that way."""
-    return split_frames(job.video.num_frames, job.parallel.clip, min_clip_frames(clip_config(job)))
 
 
 def segments_dir(job: JobConfig) -> Path:
@@ -152,17 +129,6 @@ def join_segments(job: JobConfig) -> int:
         frames = _join_png_segments(segments, target)
     shutil.rmtree(directory, ignore_errors=True)
     return frames
-
-
-def patch_config(job: JobConfig) -> PatchParallelConfig:
-    opts = job.parallel.patch_options
-    portion = "all" if opts.portion == "all" else float(opts.portion)
-    return PatchParallelConfig(opts.mode, portion, opts.warmup_steps, opts.groupnorm, opts.split, opts.decode)
-
-
-def step_config(job: JobConfig) -> StepParallelConfig:
-    par = job.parallel
-    return StepParallelConfig(warmup=par.step_warmup, reuse=par.step_reuse, warmup_split=par.step_warmup_split)
 
 
 def is_writer(worker: MeshWorker) -> bool:

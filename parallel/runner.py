@@ -12,9 +12,10 @@ import socket
 import time
 from pathlib import Path
 
+from parallel.job_plan import plan_of
 from parallel.launch import WorkerError, run_local, write_failure_log
 from parallel.plan import preflight_errors
-from parallel.render import plan_of, render_worker, segments_dir
+from parallel.render import render_worker, segments_dir
 from videogen.config import JobConfig, resolve_seed
 from videogen.errors import VideogenError
 from videogen.pipeline import RenderResult

@@ -357,7 +357,7 @@ def step_latents_worker(rank: int, world_size: int, job: JobConfig, step: int, c
     coordinates, its model evaluations, the wall and CPU seconds of the sampling call, the digest
     of the master latents after every step and its traffic per axis and kind.
     """
-    from parallel.render import clip_config, job_clips  # the render worker composes this module
+    from parallel.job_plan import clip_config, job_clips
 
     check_sampler(job.sampler.name)
     plan = ParallelPlan(step=step, clip=job.parallel.clip)

@@ -20,8 +20,8 @@ import pytest
 import ray
 import yaml
 
+from parallel.job_plan import job_clips
 from parallel.ray_runtime import render_on_ray, stalled
-from parallel.render import job_clips
 from parallel.runner import render_parallel
 from videogen.checkpoint import checkpoint_dir, checkpoint_steps
 from videogen.config import load_job

@@ -87,7 +87,7 @@ def preflight(plan: BatchPlan) -> None:
             if problem:
                 raise ConfigError(f"output.path: {problem}")
             if job.parallel.world_size > 1:
-                from parallel.render import job_clips
+                from parallel.job_plan import job_clips
 
                 try:
                     job_clips(job)

@@ -80,7 +80,7 @@ def check_before_rendering(job: EvalJob, plans: list[RenderPlan]) -> None:
         if plan.workers == 1 or plan.suite in checked:
             continue
         checked.add(plan.suite)
-        from parallel.render import job_clips
+        from parallel.job_plan import job_clips
 
         index = next(i for i, s in enumerate(job.suites) if s.name == plan.suite)
         try:
