@@ -49,7 +49,6 @@ class RenderPlan:
     job: JobConfig
 
 
-
 def _reserved(key: str) -> str | None:
     for name, why in RESERVED.items():
         if key == name or key.startswith(name + "."):
