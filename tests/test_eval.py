@@ -6,9 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import fields, replace
+from dataclasses import astuple, fields, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import yaml
@@ -16,8 +17,8 @@ from PIL import Image
 
 from videogen.cli import main
 from videogen.config import ModelConfig
-from videogen.data.measure import parse_caption
-from videogen.data.shapes import BACKGROUNDS, PALETTE, SHAPES, ShapesWorld, WorldSpec
+from videogen.data.measure import parse_caption, track_colour
+from videogen.data.shapes import BACKGROUNDS, PALETTE, SHAPES, ObjectSpec, Scene, ShapesWorld, WorldSpec, render_scene
 from videogen.errors import ConfigError
 from videogen.eval import (
     REPEAT_SEED_STRIDE,
@@ -25,14 +26,23 @@ from videogen.eval import (
     SuiteSection,
     SuiteSummary,
     VideoRow,
+    identity_rate,
     load_eval_job,
+    motion_errors,
     plan_renders,
+    psnr,
+    requested_motion,
+    requested_track,
     run_eval,
     score_row,
     single_object_prompts,
+    ssim,
     summarize,
     summarize_suites,
+    track_continuity,
+    vae_round_trip,
 )
+from videogen.noise.warp_spec import CameraMoveSpec, CameraSpec, DragSpec, PointSpec, WarpedNoiseSpec
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "configs" / "eval_shapes.yaml"
 
@@ -397,3 +407,156 @@ def test_a_parallel_suite_renders_on_workers_the_frames_one_worker_renders(tmp_p
     one, two = report.sheets["one"][0], report.sheets["two"][0]
     assert one.shape == two.shape == (8, 32, 32, 3)
     assert np.abs(one.astype(int) - two.astype(int)).max() <= 1  # exact mode: the same video
+
+
+# -- motion against a requested path, frames against an image: checked on the world's own clips -----
+
+
+def _scene_clip(obj: ObjectSpec, frames: int = 16, pan: tuple[float, float] = (0.0, 0.0), pan_direction: str = ""):
+    texture = ((0.06, 0.3, 0.7, 20.0), (0.05, 1.1, 2.0, 27.0)) if pan_direction else ()
+    scene = Scene((obj,), "navy", texture, pan, pan_direction, 64, 64, frames)
+    return render_scene(scene)
+
+
+def _drag(start, end, half=10.0, **extra) -> WarpedNoiseSpec:
+    """A drag grabbing the square of side ``2 half`` around ``start`` (pixels) and moving it to ``end``."""
+    x0, y0 = start
+    corners = [(x0 - half, y0 - half), (x0 + half, y0 - half), (x0 + half, y0 + half), (x0 - half, y0 + half)]
+    drag = DragSpec(
+        polygon=[PointSpec(x / 64, y / 64) for x, y in corners],
+        path=[PointSpec(x0 / 64, y0 / 64), PointSpec(end[0] / 64, end[1] / 64)],
+    )
+    return WarpedNoiseSpec(source="drag", drags=[drag], **extra)
+
+
+def test_a_world_object_moving_along_a_drag_path_matches_the_requested_track():
+    obj = ObjectSpec("square", "red", 8.0, (16.0, 30.0), (2.0, 0.5), "right")
+    clip = _scene_clip(obj)
+    end = tuple(clip.centres[-1, 0])
+    spec = _drag((16.0, 30.0), end)
+    maps = requested_motion(spec, 16, 64, 64)
+    grab = requested_track(maps, (16.0, 30.0))
+    assert np.abs(grab - clip.centres[:, 0]).max() < 1e-9  # the grab point moves as the world moves the object
+    # a finer motion clock (two warp steps per frame) asks for the same positions per video frame
+    assert np.abs(requested_motion(_drag((16.0, 30.0), end, temporal_stride=2), 16, 64, 64) - maps).max() < 1e-9
+
+    track = track_colour(clip.frames, "red").centres  # measured, not the ground truth
+    errors = motion_errors(track, spec, 64, 64)
+    assert errors.frames == 16 and errors.endpoint < 0.25 and errors.mean < 0.25 and errors.start_offset < 0.25
+    assert errors.anchored_endpoint < 0.25 and errors.anchored_mean < 0.25
+    assert errors.travel == pytest.approx(math.hypot(30, 7.5), abs=0.25) == errors.requested_travel
+
+    still = track_colour(_scene_clip(replace(obj, velocity=(0.0, 0.0), direction="still")).frames, "red").centres
+    stuck = motion_errors(still, spec, 64, 64)  # an object that ignores the drag misses by the whole path
+    assert stuck.endpoint == pytest.approx(math.hypot(30, 7.5), abs=0.25) and stuck.travel < 0.25
+    assert stuck.mean == pytest.approx(stuck.endpoint / 2, abs=0.25)  # off by t/15 of the path at frame t
+
+
+def test_a_world_camera_pan_matches_the_requested_camera_move():
+    # the world's "camera panning right": the scene slides left by 1 px/frame at 64 px
+    obj = ObjectSpec("circle", "yellow", 7.0, (46.0, 30.0), (0.0, 0.0), "still")
+    clip = _scene_clip(obj, pan=(-1.0, 0.0), pan_direction="right")
+    spec = WarpedNoiseSpec(source="camera", camera=CameraSpec(moves=[CameraMoveSpec(pan=1 / 64)]))
+    maps = requested_motion(spec, 16, 64, 64)
+    assert np.abs(requested_track(maps, tuple(clip.centres[0, 0])) - clip.centres[:, 0]).max() < 1e-9
+    errors = motion_errors(track_colour(clip.frames, "yellow").centres, spec, 64, 64)
+    assert (
+        errors.anchored_endpoint < 0.25 and errors.anchored_mean < 0.25 and errors.travel == pytest.approx(15, abs=0.25)
+    )
+    assert math.isnan(errors.endpoint) and math.isnan(errors.start_offset)  # a camera move grabs no point
+    # the opposite move: the object should have gone 15 px right; it went 15 px left
+    other = WarpedNoiseSpec(source="camera", camera=CameraSpec(moves=[CameraMoveSpec(pan=-1 / 64)]))
+    assert motion_errors(track_colour(clip.frames, "yellow").centres, other, 64, 64).anchored_endpoint == pytest.approx(
+        30, abs=0.3
+    )
+
+
+def test_requested_camera_moves_compose_frame_by_frame_about_the_centre():
+    zoom = WarpedNoiseSpec(source="camera", camera=CameraSpec(moves=[CameraMoveSpec(frames=3, zoom=0.05)]))
+    track = requested_track(requested_motion(zoom, 6, 64, 48), (40.0, 10.0))
+    centre = np.array([32.0, 24.0])  # the frame's centre in pixel-edge coordinates
+    scales = [1.05**t for t in (0, 1, 2, 3, 3, 3)]  # the move lasts 3 frames, then the camera holds
+    expected = np.array([centre + s * (np.array([40.0, 10.0]) - centre) for s in scales])
+    assert np.abs(track - expected).max() < 1e-9
+    anchored = requested_track(requested_motion(zoom, 6, 64, 48), tuple(expected[2]), anchor=2)
+    assert np.abs(anchored - expected).max() < 1e-9  # anchoring on a later frame finds the same track
+    with pytest.raises(ValueError, match="states no path"):
+        requested_motion(WarpedNoiseSpec(source="flow_file", flow_file="f.npy"), 4, 64, 64)
+    blank = np.full((4, 2), np.nan)
+    assert motion_errors(blank, zoom, 64, 48).frames == 0 and math.isnan(motion_errors(blank, zoom, 64, 48).mean)
+
+
+def test_track_continuity_counts_the_steps_that_do_not_jump():
+    for clip in _world_clips(4):
+        assert track_continuity(clip.centres[:, 0]) == 1.0
+        assert track_continuity(track_colour(clip.frames, clip.scene.objects[0].colour).centres) == 1.0
+    steady = np.stack([np.linspace(10, 40, 16), np.full(16, 30.0)], axis=1)  # 2 px/frame
+    jumped = steady.copy()
+    jumped[7] += (0.0, 12.0)  # one frame off the path: the pairs into and out of it jump
+    assert track_continuity(jumped) == pytest.approx(13 / 15)
+    gone = steady.copy()
+    gone[7] = np.nan  # a frame where the object is not seen breaks both pairs around it
+    assert track_continuity(gone) == pytest.approx(13 / 15)
+    still = np.full((16, 2), 30.0) + np.random.default_rng(0).normal(0, 0.5, (16, 2))  # jitter is not a jump
+    assert track_continuity(still) == 1.0
+    assert track_continuity(np.full((16, 2), np.nan)) == 0.0 and math.isnan(track_continuity(steady[:1]))
+
+
+def test_psnr_and_ssim_follow_their_definitions():
+    clip = _world_clips(1)[0]
+    frame = clip.frames[0]
+    assert psnr(frame, frame) == math.inf and ssim(frame, frame) == pytest.approx(1.0)
+    brighter = (frame.astype(int) + 4).clip(0, 255).astype(np.uint8)
+    mse = np.mean((brighter.astype(float) - frame) ** 2)
+    assert psnr(frame, brighter) == pytest.approx(10 * math.log10(255**2 / mse))
+    assert psnr(clip.frames, clip.frames[::-1]) < psnr(frame, brighter)  # a whole video pools its frames
+    a, b = np.full((16, 16, 3), 60, np.uint8), np.full((16, 16, 3), 100, np.uint8)
+    c1 = (0.01 * 255) ** 2  # flat images: only the luminance term is left
+    assert ssim(a, b) == pytest.approx((2 * 60 * 100 + c1) / (60**2 + 100**2 + c1))
+    noisy = (frame + np.random.default_rng(0).normal(0, 10, frame.shape)).clip(0, 255).astype(np.uint8)
+    blurred = cv2.GaussianBlur(frame, (0, 0), 2.0)
+    assert 0.0 < ssim(frame, noisy) < 1.0 and 0.0 < ssim(frame, blurred) < 1.0
+    assert ssim(frame, noisy) == pytest.approx(ssim(noisy, frame))  # symmetric
+    with pytest.raises(ValueError, match="one shape"):
+        psnr(frame, frame[:8])
+
+
+def test_identity_rate_is_the_share_of_frames_showing_the_object():
+    for clip in _world_clips(3):
+        obj = clip.scene.objects[0]
+        assert identity_rate(clip.frames, obj.colour, obj.shape) == 1.0
+        other = next(s for s in SHAPES if s != obj.shape)
+        assert identity_rate(clip.frames, obj.colour, other) == 0.0
+        half = clip.frames.copy()
+        half[4:] = BACKGROUNDS["black"]  # the object leaves after 4 of 8 frames
+        assert identity_rate(half, obj.colour, obj.shape) == 0.5
+    with pytest.raises(ValueError, match="colour 'pink'"):
+        identity_rate(clip.frames, "pink", "circle")
+
+
+def test_the_bundled_vae_reconstructs_a_world_frame_close_to_it():
+    from videogen.models.loader import load_bundle
+
+    clip = _world_clips(1)[0]
+    vae = load_bundle(ModelConfig(path="shapes")).vae
+    recon = vae_round_trip(vae, clip.frames[0])
+    assert recon.shape == clip.frames[0].shape and recon.dtype == np.uint8
+    assert psnr(recon, clip.frames[0]) > 30.0  # 36.8 dB on the image-to-video benchmark's first frames
+
+
+def test_run_eval_hands_each_render_s_frames_to_on_video(tiny_model_dir):
+    job = EvalJob(
+        model=ModelConfig(path=str(tiny_model_dir)),
+        base={"video.width": 32, "video.height": 32, "video.num_frames": 4, "sampler.steps": 2},
+        seeds=[0, 1],
+        suites=[SuiteSection(name="one", prompts=["a red circle moving right"])],
+        out=None,
+    )
+    seen = []
+    report = run_eval(job, progress=False, on_video=lambda plan, frames, row: seen.append((plan.seed, frames, row)))
+    assert [s for s, _, _ in seen] == [0, 1] and [r for _, _, r in seen] == report.rows
+    for _, frames, row in seen:
+        assert frames.shape == (4, 32, 32, 3) and frames.dtype == np.uint8
+        again = score_row(frames, row.prompt, suite="one", seed=row.seed, seconds=row.seconds)
+        same = [a == b or (a != a and b != b) for a, b in zip(astuple(again), astuple(row), strict=True)]
+        assert all(same)  # the frames the row was scored on (NaN where a figure is undefined)

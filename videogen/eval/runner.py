@@ -119,10 +119,13 @@ def run_eval(
     *,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    on_video: Callable[[RenderPlan, np.ndarray, VideoRow], None] | None = None,
 ) -> EvalReport:
     """Render and score every suite x prompt x seed of ``job``; write the report under ``job.out``.
 
-    ``progress`` logs one line per render (to stderr unless ``log`` is given). Returns the rows and
+    ``progress`` logs one line per render (to stderr unless ``log`` is given). ``on_video(plan,
+    frames, row)`` is called after each render is scored, with its frames ``(F, H, W, 3)`` uint8, for
+    measurements beyond the row's (the frames are not kept otherwise). Returns the rows and
     the summaries (:mod:`videogen.eval.scoring`); files are written by
     :func:`videogen.eval.report.write_report` when ``job.out`` is set.
     """
@@ -163,6 +166,8 @@ def run_eval(
                 pan_reference=job.scoring.pan_reference,
             )
             rows.append(row)
+            if on_video is not None:
+                on_video(plan, frames, row)
             sheets.setdefault(plan.suite, []).append(frames[:: job.sheet.every].copy())
             if job.videos and out is not None:
                 name = out / "videos" / plan.suite / f"{plan.index:03d}_seed{plan.seed}.mp4"
