@@ -23,6 +23,24 @@ def tiny_model_dir(tmp_path_factory):
     return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-t2v", seed=0)
 
 
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A private Ray instance on 127.0.0.1 for one test module, stopped after it."""
+    import ray
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        namespace="videogen",
+    )
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     torch.manual_seed(1234)

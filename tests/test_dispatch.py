@@ -110,21 +110,9 @@ def test_ray_job_entrypoint_takes_the_same_dispatch(make_job, tmp_path, single_f
     assert np.abs(_frames(out) - single_frames).max() <= 1
 
 
-@pytest.fixture(scope="module")
-def shared_ray():
-    import os
-
-    import ray
-
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.parametrize("name", ["patch", "step", "clip_x_cfg"])
 def test_every_axis_through_the_ray_job_entrypoint_runs_the_asked_workers(
-    name, shared_ray, make_job, tmp_path, single_frames, monkeypatch
+    name, ray_cluster, make_job, tmp_path, single_frames, monkeypatch
 ):
     from jobs.render import main as job_main
 

@@ -32,21 +32,6 @@ pytestmark = pytest.mark.slow
 STEPS = 20
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(
-        address="local",
-        num_cpus=4,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-        namespace="videogen",
-    )
-    yield ray
-    ray.shutdown()
-
-
 def _job(folder: Path, model_dir: Path, name: str, *overrides: str):
     spec = {
         "model": {"path": str(model_dir)},

@@ -33,21 +33,6 @@ from videogen.errors import ConfigError, VideogenError
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(
-        address="local",
-        num_cpus=4,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-        namespace="videogen",
-    )
-    yield ray
-    ray.shutdown()
-
-
 def _frames(folder):
     return np.stack([iio.imread(p) for p in sorted(folder.iterdir())])
 

@@ -82,3 +82,17 @@ def nested(key: str, value: Any) -> dict:
     for part in reversed(key.split(".")):
         out = {part: out}
     return out
+
+
+def seed_problem(seeds: Any) -> str | None:
+    """What is wrong with ``seeds`` (a count >= 1 or a non-empty list of distinct seeds >= 0), or None."""
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        return None if seeds >= 1 else f"{seeds}: a count of seeds is >= 1"
+    if isinstance(seeds, (list, tuple)):
+        bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+        if not seeds or bad:
+            return f"{list(seeds)}: a list of seeds holds integers >= 0 (and at least one)"
+        if len(set(seeds)) != len(seeds):
+            return f"{list(seeds)}: a seed is listed twice (two renders would be the same video)"
+        return None
+    return f"{seeds!r}: a count (seeds 0 .. n-1) or a list of seeds"

@@ -40,7 +40,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from videogen.config import JobConfig, LoadedJob, job_problems, load_layers
 from videogen.errors import ConfigError
-from videogen.job_keys import Problem, first_line, mapping_items, nested, override_items, plain
+from videogen.job_keys import Problem, first_line, mapping_items, nested, override_items, plain, seed_problem
 
 DEFAULT_NAME = "{index:03d}_{prompt_slug}_s{seed}.mp4"
 NAME_FIELDS = ("index", "variant", "seed", "prompt_slug")
@@ -129,22 +129,6 @@ class BatchPlan:
 
 def _under(key: str, name: str) -> bool:
     return key == name or key.startswith(name + ".")
-
-
-def seed_problem(seeds: Any) -> str | None:
-    """What is wrong with ``seeds`` (null, a count >= 1, or a non-empty list of distinct seeds >= 0)."""
-    if seeds is None:
-        return None
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
-        return None if seeds >= 1 else f"{seeds}: a count of seeds is >= 1"
-    if isinstance(seeds, (list, tuple)):
-        bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
-        if not seeds or bad:
-            return f"{list(seeds)}: a list of seeds holds integers >= 0 (and at least one)"
-        if len(set(seeds)) != len(seeds):
-            return f"{list(seeds)}: a seed is listed twice (two jobs would render the same video)"
-        return None
-    return f"{seeds!r}: a count (seeds 0 .. n-1) or a list of seeds"
 
 
 def seed_list(seeds: Any) -> list[int] | None:
@@ -381,7 +365,7 @@ def _fail(loaded: LoadedJob, index: int | None, problem: Problem) -> ConfigError
 
 def _manifest_problems(manifest: BatchManifest) -> list[Problem]:
     out: list[Problem] = []
-    problem = seed_problem(manifest.seeds)
+    problem = None if manifest.seeds is None else seed_problem(manifest.seeds)
     if problem:
         out.append(("seeds", problem))
     if not str(manifest.out).strip():

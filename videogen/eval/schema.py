@@ -33,7 +33,7 @@ from omegaconf import MISSING
 
 from videogen.config import LoadedJob, ModelConfig, load_layers
 from videogen.data.measure import parse_caption
-from videogen.job_keys import Problem, mapping_items, plain
+from videogen.job_keys import Problem, mapping_items, plain, seed_problem
 
 SUITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 """A suite's name: it names its contact sheet ``sheets/<name>.png``."""
@@ -103,20 +103,6 @@ def resolved_keys(value: Any) -> Any:
 
     value = plain(value)
     return dict(mapping_items(value)) if isinstance(value, dict) else value
-
-
-def seed_problem(seeds: Any) -> str | None:
-    """What is wrong with ``seeds`` (a count >= 1 or a non-empty list of distinct seeds >= 0), or None."""
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
-        return None if seeds >= 1 else f"{seeds}: a count of seeds is >= 1"
-    if isinstance(seeds, (list, tuple)):
-        bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
-        if not seeds or bad:
-            return f"{list(seeds)}: a list of seeds holds integers >= 0 (and at least one)"
-        if len(set(seeds)) != len(seeds):
-            return f"{list(seeds)}: a seed is listed twice (the renders would be the same)"
-        return None
-    return f"{seeds!r}: a count (seeds 0 .. n-1) or a list of seeds"
 
 
 def seed_list(seeds: Any) -> list[int]:
