@@ -52,12 +52,10 @@ from torch import nn
 from parallel.comm import AxisComm, combine_stats, halo_slice
 from parallel.dual_scope import (
     DualScopeConfig,
-    TemporalModules,
     TimestepRecorder,
     apply_group_norm,
     check_temporal_call,
     dual_scope_mask,
-    find_temporal_modules,
     global_frame_indices,
     group_stats,
     patch_forward,
@@ -67,6 +65,7 @@ from parallel.dual_scope import (
     temporal_q,
 )
 from videogen.errors import ConfigError
+from videogen.models.layers import TemporalModules, find_temporal_modules
 
 __all__ = [
     "MODES",
@@ -142,7 +141,9 @@ def split_frames(num_frames: int, n: int, min_frames: int = 1) -> list[range]:
     return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-def collectives_per_forward(unet: nn.Module, config: ClipParallelConfig) -> dict[str, int]:
+def collectives_per_forward(
+    unet: nn.Module, config: ClipParallelConfig, modules: TemporalModules | None = None
+) -> dict[str, int]:
     """Collective calls per rank in one UNet forward with more than one clip, by kind.
 
     Counted from the module structure: one ``conv_halo`` per TemporalConvLayer, one ``groupnorm``
@@ -150,7 +151,7 @@ def collectives_per_forward(unet: nn.Module, config: ClipParallelConfig) -> dict
     TransformerTemporalModel), and per temporal attention one ``attn_kv`` (exact) or one
     ``attn_scope`` (dual-scope).
     """
-    modules = find_temporal_modules(unet)
+    modules = modules if modules is not None else find_temporal_modules(unet)
     n_conv, n_attn = len(modules.convs), len(modules.attentions())
     counts = {"conv_halo": n_conv}
     if config.exact_groupnorm:
@@ -450,15 +451,18 @@ def apply_clip_parallel(
     num_frames: int,
     config: ClipParallelConfig,
     band_comm: AxisComm | None = None,
+    modules: TemporalModules | None = None,
 ) -> ClipParallelHandle:
     """Install clip parallelism on ``unet``: this worker owns frames ``frames`` of ``num_frames``.
 
     ``band_comm``: the patch axis when this worker holds only a band of each frame's rows.
+    ``modules``: the temporal modules as the model's family finds them
+    (:meth:`~videogen.models.family.ModelFamily.temporal_modules`; default: UNet3D's).
     Every rank of ``comm`` must call this (it makes one small collective to check that the clips
     tile the video in rank order and that all ranks share ``config``; a mismatch raises
     :class:`ConfigError` on every rank). Afterwards call the UNet with this worker's frames only.
     """
-    modules = find_temporal_modules(unet)
+    modules = modules if modules is not None else find_temporal_modules(unet)
     if _processor_already_installed(modules):
         raise RuntimeError("clip parallelism is already installed on this UNet; remove it first")
     for path, layer in modules.convs:

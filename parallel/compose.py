@@ -24,12 +24,13 @@ import torch.distributed as dist
 from torch import nn
 
 from parallel.cfg import CfgParallelDenoiser
-from parallel.clip import ClipParallelConfig, apply_clip_parallel, min_clip_frames, split_frames
+from parallel.clip import ClipParallelConfig, min_clip_frames, split_frames
 from parallel.comm import AxisComm, CommStats
 from parallel.mesh import ParallelPlan, build_mesh
-from parallel.patch import PatchDenoiser, PatchParallelConfig, PatchSplit, apply_patch_parallel, split_rows
+from parallel.patch import PatchDenoiser, PatchParallelConfig, PatchSplit, split_rows
 from parallel.step import StepParallelConfig, make_step_loop
 from videogen.config import JobConfig
+from videogen.models.family import resolve_import
 from videogen.models.loader import ModelBundle
 from videogen.pipeline import WorkerSlot, denoise, latent_shape, prepare_bundle
 from videogen.sampling import Denoiser, StepContext, StepHook, run_steps
@@ -108,8 +109,7 @@ def setup_mesh_worker(
     bundle = prepare_bundle(job)
     frames = split_frames(job.video.num_frames, plan.clip, min_clip_frames(clip))[comms["clip"].rank]
     _, height, width = latent_shape(job, bundle)
-    levels = len(bundle.unet.config.block_out_channels)
-    split = split_rows((height, width), plan.patch, levels, patch.split)
+    split = split_rows((height, width), plan.patch, bundle.geometry.levels, patch.split)
     return MeshWorker(plan, comms, stats, bundle, frames, split)
 
 
@@ -124,19 +124,30 @@ def mesh_slot(
 ) -> WorkerSlot:
     """The :class:`WorkerSlot` that runs this worker's share of the mesh through the real pipeline.
 
-    Patch then clip parallelism are installed on the UNet; the denoiser is wrapped cfg-first,
-    then patch; with ``step`` (ParaStep) the loop is the step-parallel driver on the step axis.
+    Patch then clip parallelism are installed on the UNet, by the model family's parallelize functions on
+    the modules the family names; the denoiser is wrapped cfg-first, then patch; with ``step`` (ParaStep)
+    the loop is the step-parallel driver on the step axis.
     """
     comms = worker.comms
+    family = worker.bundle.family
 
     def install(unet: nn.Module, denoiser: Denoiser) -> Callable[[], None]:
         undo: list[Callable[[], None]] = []
         if comms["patch"].size > 1:
-            undo.append(apply_patch_parallel(unet, comms["patch"], worker.split, patch).remove)
+            apply_patch = resolve_import(family.parallelize["patch"])
+            modules = family.spatial_modules(unet)
+            undo.append(apply_patch(unet, comms["patch"], worker.split, patch, modules=modules).remove)
         if comms["clip"].size > 1:
+            apply_clip = resolve_import(family.parallelize["clip"])
             band_comm = comms["patch"] if comms["patch"].size > 1 else None
-            handle = apply_clip_parallel(
-                unet, comms["clip"], worker.frames, job.video.num_frames, clip, band_comm=band_comm
+            handle = apply_clip(
+                unet,
+                comms["clip"],
+                worker.frames,
+                job.video.num_frames,
+                clip,
+                band_comm=band_comm,
+                modules=family.temporal_modules(unet),
             )
             undo.append(handle.remove)
 

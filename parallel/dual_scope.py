@@ -35,21 +35,19 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 from diffusers.models.resnet import TemporalConvLayer
-from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 from torch import nn
 
 from videogen.errors import ConfigError
+from videogen.models.layers import TemporalModules, find_temporal_modules
 
 __all__ = [
     "DualScopeConfig",
     "ReferenceHandle",
-    "TemporalModules",
     "TimestepRecorder",
     "apply_dual_scope_reference",
     "apply_group_norm",
     "check_temporal_call",
     "dual_scope_mask",
-    "find_temporal_modules",
     "global_frame_indices",
     "group_norm_with_stats_of",
     "group_stats",
@@ -152,43 +150,6 @@ class TimestepRecorder:
         if self.timestep is None:
             raise RuntimeError("no timestep seen yet: dual-scope attention runs inside a UNet call")
         return self.timestep
-
-
-@dataclass(frozen=True)
-class TemporalModules:
-    """The frame-coupling modules of a UNet3D, with their module paths."""
-
-    convs: list[tuple[str, TemporalConvLayer]]
-    transformers: list[tuple[str, TransformerTemporalModel]]
-
-    def attentions(self) -> list[tuple[str, Attention]]:
-        """Every Attention inside the temporal transformers (``attn1`` and ``attn2`` of each block)."""
-        return [
-            (f"{path}.{name}", module)
-            for path, transformer in self.transformers
-            for name, module in transformer.named_modules()
-            if isinstance(module, Attention)
-        ]
-
-
-def find_temporal_modules(unet: nn.Module) -> TemporalModules:
-    """Locate ``temp_convs``/``temp_attentions``/``transformer_in`` style modules by their classes.
-
-    Raises :class:`ConfigError` for a model without them, or whose temporal attention uses
-    positional embeddings (AnimateDiff style), which clip sharding would silently break.
-    """
-    convs, transformers = [], []
-    for path, module in unet.named_modules():
-        if isinstance(module, TemporalConvLayer):
-            convs.append((path, module))
-        elif isinstance(module, TransformerTemporalModel):
-            transformers.append((path, module))
-            for block in module.transformer_blocks:
-                if getattr(block, "pos_embed", None) is not None:
-                    raise ConfigError(f"{path} has temporal positional embeddings; clip sharding needs none")
-    if not convs and not transformers:
-        raise ConfigError(f"{type(unet).__name__} has no temporal layers to shard over clips")
-    return TemporalModules(convs, transformers)
 
 
 def patch_forward(module: nn.Module, forward: Callable[..., Any]) -> Callable[[], None]:
@@ -386,7 +347,10 @@ class ReferenceHandle:
 
 
 def apply_dual_scope_reference(
-    unet: nn.Module, config: DualScopeConfig, local_groupnorm_clips: Sequence[range] | None = None
+    unet: nn.Module,
+    config: DualScopeConfig,
+    local_groupnorm_clips: Sequence[range] | None = None,
+    modules: TemporalModules | None = None,
 ) -> ReferenceHandle:
     """Install single-process dual-scope attention on every temporal attention of ``unet``.
 
@@ -394,9 +358,10 @@ def apply_dual_scope_reference(
     clip-parallel run), the temporal GroupNorms use each clip's own statistics, as the clip-local
     GroupNorm variant does: ``TransformerTemporalModel.norm`` per clip, and the GroupNorms in
     ``TemporalConvLayer`` per clip on a window of the clip plus the conv halo. Without it they
-    are the model's own, whole-video GroupNorms.
+    are the model's own, whole-video GroupNorms. ``modules``: the temporal modules as the model's family
+    finds them (default: UNet3D's).
     """
-    modules = find_temporal_modules(unet)
+    modules = modules if modules is not None else find_temporal_modules(unet)
     recorder = TimestepRecorder()
     state = _ReferenceState(config, recorder)
     undo: list[Callable[[], None]] = []

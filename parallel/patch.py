@@ -56,15 +56,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
-from diffusers.models.downsampling import Downsample2D
-from diffusers.models.resnet import TemporalConvLayer
-from diffusers.models.transformers.transformer_2d import Transformer2DModel
-from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 from torch import nn
 
 from parallel.comm import AxisComm, InFlight
 from parallel.dual_scope import patch_forward, temporal_output, temporal_qkv
 from videogen.errors import ConfigError
+from videogen.models.layers import SpatialModules, find_spatial_modules, find_temporal_modules
 
 __all__ = [
     "DECODES",
@@ -77,14 +74,13 @@ __all__ = [
     "PatchParallelHandle",
     "PatchSplit",
     "PatchState",
-    "SpatialModules",
     "agree_on_split",
     "apply_patch_parallel",
     "band_rows",
-    "find_spatial_modules",
     "install_spatial",
     "split_rows",
     "traffic_per_step",
+    "unet_spatial_modules",
 ]
 
 MODES = ("sync", "displaced")
@@ -92,6 +88,7 @@ GROUPNORMS = ("exact", "stale")
 SPLITS = ("auto", "h", "w")
 DECODES = ("auto", "frames", "patch")
 DEFAULT_PORTION = 0.25
+SpatialFinder = Callable[[nn.Module], SpatialModules]
 
 
 @dataclass(frozen=True)
@@ -512,67 +509,6 @@ class PatchAttnProcessor:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SpatialModules:
-    """The modules of a model that patch parallelism wraps, with their paths.
-
-    ``convs``: convolutions that need halos; ``norms``: every GroupNorm (4-D and 5-D);
-    ``attentions``: the self-attentions of the spatial transformers.
-    """
-
-    convs: list[tuple[str, nn.Conv2d]]
-    norms: list[tuple[str, nn.GroupNorm]]
-    attentions: list[tuple[str, Attention]]
-
-
-def _under(path: str, prefixes: list[str]) -> bool:
-    return any(p == "" or path == p or path.startswith(p + ".") for p in prefixes)
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
-def _spatial_self_attentions(path: str, transformer: Transformer2DModel) -> list[tuple[str, Attention]]:
-    if not transformer.is_input_continuous:
-        raise ConfigError(f"{path}: only continuous-input spatial transformers can be patched")
-    found = []
-    for name, module in transformer.named_modules():
-        if isinstance(module, Attention) and not module.is_cross_attention:
-            if module.group_norm is not None or module.spatial_norm is not None:
-                raise ConfigError(f"{_join(path, name)}: spatial attention with its own norm cannot be patched")
-            found.append((_join(path, name), module))
-    return found
-
-
-def find_spatial_modules(model: nn.Module, within: tuple[str, ...] = ("",)) -> SpatialModules:
-    """Locate what patch parallelism wraps in ``model`` (under the module paths ``within``; ``""`` is all).
-
-    Temporal modules (``TemporalConvLayer``, ``TransformerTemporalModel``) are found by class;
-    their attention stays untouched, their GroupNorms are synchronised. Any other attention
-    outside the spatial transformers is refused with :class:`ConfigError`, as are downsamplers
-    that pad asymmetrically themselves.
-    """
-    named = [(p, m) for p, m in model.named_modules() if any(p.startswith(w) for w in within)]
-    temporal = [p for p, m in named if isinstance(m, (TemporalConvLayer, TransformerTemporalModel))]
-    transformers = [(p, m) for p, m in named if isinstance(m, Transformer2DModel)]
-    attentions = [a for p, t in transformers for a in _spatial_self_attentions(p, t)]
-    known = {p for p, _ in attentions}
-    convs, norms = [], []
-    for path, module in named:
-        if isinstance(module, Downsample2D) and module.use_conv and module.padding == 0:
-            raise ConfigError(f"{path}: a downsampler that pads only its bottom row cannot be patched")
-        if isinstance(module, nn.Conv2d):
-            convs.append((path, module))
-        elif isinstance(module, nn.GroupNorm):
-            norms.append((path, module))
-        elif isinstance(module, Attention) and path not in known:
-            in_spatial = _under(path, [p for p, _ in transformers])
-            if not (module.is_cross_attention and in_spatial) and not _under(path, temporal):
-                raise ConfigError(f"{path}: an attention patch parallelism does not know how to split")
-    return SpatialModules(convs, norms, attentions)
-
-
 def install_spatial(modules: SpatialModules, state: PatchState) -> list[Callable[[], None]]:
     """Wrap convs, GroupNorms and self-attentions; returns the undo functions, in install order."""
     undo: list[Callable[[], None]] = []
@@ -671,7 +607,11 @@ def _check_band_input(split: PatchSplit, rank: int) -> Callable:
 
 
 def apply_patch_parallel(
-    unet: nn.Module, comm: AxisComm, split: PatchSplit, config: PatchParallelConfig
+    unet: nn.Module,
+    comm: AxisComm,
+    split: PatchSplit,
+    config: PatchParallelConfig,
+    modules: SpatialModules | None = None,
 ) -> PatchParallelHandle:
     """Install patch parallelism on ``unet``; this worker owns band ``split.band(comm.rank)``.
 
@@ -679,12 +619,14 @@ def apply_patch_parallel(
     and ``config``). Afterwards call the UNet with this worker's band only,
     ``split.take(sample, comm.rank)``; :class:`PatchDenoiser` does that inside a sampling loop.
     Install patch parallelism *before* clip parallelism when both are used: clip parallelism
-    then takes over the temporal norms it synchronises itself.
+    then takes over the temporal norms it synchronises itself. ``modules``: what to wrap, as the
+    model's family finds it (:meth:`~videogen.models.family.ModelFamily.spatial_modules`); by default
+    the spatial modules of a UNet whose temporal layers are UNet3D's.
     """
     levels = len(unet.config.block_out_channels)
     if split.levels != levels:
         raise ConfigError(f"the split was made for {split.levels} resolution levels, the UNet has {levels}")
-    modules = find_spatial_modules(unet)
+    modules = modules if modules is not None else unet_spatial_modules(unet)
     if any(isinstance(attn.processor, PatchAttnProcessor) for _, attn in modules.attentions):
         raise RuntimeError("patch parallelism is already installed on this UNet; remove it first")
     agree_on_split(comm, split, config)
@@ -718,13 +660,20 @@ class PatchDenoiser:
 # ---------------------------------------------------------------------------------------------
 
 
-def _layer_inputs(unet: nn.Module, sample_shape: tuple[int, ...]) -> tuple[SpatialModules, dict[str, tuple]]:
+def unet_spatial_modules(unet: nn.Module) -> SpatialModules:
+    """The spatial modules of a UNet whose temporal layers are UNet3D's (the default of the installers)."""
+    return find_spatial_modules(unet, find_temporal_modules(unet).paths())
+
+
+def _layer_inputs(
+    unet: nn.Module, sample_shape: tuple[int, ...], spatial_modules: SpatialFinder
+) -> tuple[SpatialModules, dict[str, tuple]]:
     """The input shape of every wrapped layer in one forward of a meta-device copy of ``unet``."""
     with torch.device("meta"):
         meta = type(unet).from_config(unet.config)
         sample = torch.empty(sample_shape)
         context = torch.empty(sample_shape[0], 1, unet.config.cross_attention_dim)
-    modules = find_spatial_modules(meta)
+    modules = spatial_modules(meta)
     shapes: dict[str, tuple] = {}
     hooks = []
     for path, module in [*modules.convs, *modules.norms, *modules.attentions]:
@@ -751,6 +700,7 @@ def traffic_per_step(
     element_size: int = 4,
     synchronous: bool = False,
     rank: int | None = None,
+    spatial_modules: SpatialFinder | None = None,
 ) -> dict[str, float]:
     """Bytes received per patch worker in one denoising step, by kind: patch worker ``rank``'s, or with
     ``rank=None`` the mean over the workers.
@@ -768,11 +718,13 @@ def traffic_per_step(
     - ``output``: the other ``N-1`` bands of the guided output ``(1, C, frames, H, W)``.
 
     ``batch`` is the UNet batch (2 with classifier-free guidance batched), ``element_size`` the
-    activation dtype's, ``synchronous`` whether the step is a warm-up (or sync-mode) step.
+    activation dtype's, ``synchronous`` whether the step is a warm-up (or sync-mode) step,
+    ``spatial_modules`` the family's finder (default: :func:`unet_spatial_modules`).
     """
     n = split.parts
     h, w = split.latent_hw
-    modules, shapes = _layer_inputs(unet, (batch, unet.config.in_channels, frames, h, w))
+    finder = spatial_modules or unet_spatial_modules
+    modules, shapes = _layer_inputs(unet, (batch, unet.config.in_channels, frames, h, w), finder)
     along = 0 if split.dim == "h" else 1
     share = (n - 1) / n
     has_previous, has_next = (share, share) if rank is None else (float(rank > 0), float(rank < n - 1))

@@ -36,11 +36,11 @@ from parallel.patch import (
     PatchSplit,
     PatchState,
     agree_on_split,
-    find_spatial_modules,
     install_spatial,
     split_rows,
 )
 from videogen.errors import ConfigError
+from videogen.models.layers import find_spatial_modules
 
 __all__ = ["decode_method", "decode_patch_chunks", "frame_share", "apply_patch_parallel_vae"]
 

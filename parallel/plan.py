@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from parallel.clip import CONV_HALO, _conv_stages
-from parallel.dual_scope import find_temporal_modules, global_frame_indices
+from parallel.dual_scope import global_frame_indices
 from parallel.job_plan import clip_config, job_clips, patch_config, step_config
 from parallel.mesh import ParallelPlan
 from parallel.patch import PatchSplit, split_rows, traffic_per_step
@@ -42,7 +42,8 @@ from parallel.patch_vae import decode_method, frame_share
 from parallel.step import check_sampler, step_schedule
 from videogen.config import JobConfig
 from videogen.errors import ConfigError, VideogenError
-from videogen.models.loader import COMPONENTS, DTYPES, component_config, component_dir
+from videogen.models.family import LatentGeometry, ModelFamily
+from videogen.models.loader import COMPONENTS, DTYPES, component_config, component_dir, model_family
 
 SETUP_KINDS = frozenset({"setup", "resume", "image_latent", "report"})
 """Exchanges made once per render, outside the denoising loop."""
@@ -133,30 +134,34 @@ def preflight_errors(job: JobConfig, resume: bool = False) -> list[VideogenError
     return errors
 
 
-def _geometry(job: JobConfig) -> tuple[dict, int, int, int] | None:
-    """The UNet config, latent channels, latent height and width, from the config files; None for a hub id."""
+@dataclass
+class _Model:
+    """What planning reads of the model, from its config files: family, UNet config, latent geometry."""
+
+    family: ModelFamily
+    unet_config: dict
+    geometry: LatentGeometry
+    height: int
+    width: int
+
+
+def _model(job: JobConfig) -> _Model | None:
+    """The model as its config files describe it; None for a hub id."""
     unet_config, vae_config = component_config(job.model, "unet"), component_config(job.model, "vae")
     if unet_config is None or vae_config is None:
         return None
-    factor = 2 ** (len(vae_config["block_out_channels"]) - 1)
-    channels = int(vae_config.get("latent_channels", unet_config["in_channels"]))
-    return unet_config, channels, job.video.height // factor, job.video.width // factor
+    family = model_family(job.model)
+    geometry = family.geometry(unet_config, vae_config)
+    factor = geometry.spatial_factor
+    return _Model(family, unet_config, geometry, job.video.height // factor, job.video.width // factor)
 
 
 def _patch_split(job: JobConfig) -> PatchSplit | None:
-    geometry = _geometry(job)
-    if geometry is None:
+    model = _model(job)
+    if model is None:
         return None
-    unet_config, _, height, width = geometry
-    levels = len(unet_config["block_out_channels"])
-    return split_rows((height, width), job.parallel.patch, levels, job.parallel.patch_options.split)
-
-
-def _meta_unet(config: dict) -> nn.Module:
-    from diffusers import UNet3DConditionModel
-
-    with torch.device("meta"):
-        return UNet3DConditionModel.from_config(config)
+    hw = (model.height, model.width)
+    return split_rows(hw, job.parallel.patch, model.geometry.levels, job.parallel.patch_options.split)
 
 
 @dataclass
@@ -169,8 +174,10 @@ class _TemporalShapes:
     attentions: list[tuple[int, int]]
 
 
-def _temporal_shapes(meta: nn.Module, frames: int, hw: tuple[int, int]) -> _TemporalShapes:
-    modules = find_temporal_modules(meta)
+def _temporal_shapes(
+    model: _Model, meta: nn.Module, job: JobConfig, frames: int, hw: tuple[int, int]
+) -> _TemporalShapes:
+    modules = model.family.temporal_modules(meta)
     seen: dict[str, tuple] = {}
     hooks = []
 
@@ -184,7 +191,7 @@ def _temporal_shapes(meta: nn.Module, frames: int, hw: tuple[int, int]) -> _Temp
     context = torch.empty(1, 1, meta.config.cross_attention_dim, device="meta")
     try:
         with torch.no_grad():
-            meta(sample, torch.tensor(500), context)
+            meta(sample, torch.tensor(500), **model.family.unet_inputs(meta, context, job))
     finally:
         for hook in hooks:
             hook.remove()
@@ -273,23 +280,24 @@ def plan_render(job: JobConfig) -> RenderPlan:
     plan.problems = [str(error) for error in preflight_errors(job)]
     if any(p.startswith(("model.", "parallel.", "video.")) for p in plan.problems):
         return plan  # the shares below need a readable model and a possible split
-    geometry = _geometry(job)
-    if geometry is None:
+    model = _model(job)
+    if model is None:
         return plan
-    unet_config, channels, height, width = geometry
+    channels, height, width = model.geometry.channels, model.height, model.width
     plan.latent = (channels, job.video.num_frames, height, width)
-    levels = len(unet_config["block_out_channels"])
-    split = split_rows((height, width), par.patch, levels, par.patch_options.split)
+    split = split_rows((height, width), par.patch, model.geometry.levels, par.patch_options.split)
     plan.split = split.dim if par.patch > 1 else None
     clips = job_clips(job)
     mesh = ParallelPlan(clip=par.clip, patch=par.patch, step=par.step, cfg=par.cfg)
-    meta = _meta_unet(unet_config)
+    meta = model.family.meta_unet(model.unet_config)
     element = torch.finfo(DTYPES[job.model.dtype]).bits // 8
     shapes: dict[int, _TemporalShapes] = {}
 
     @functools.cache
     def patch_bytes(batch: int, frames: int, synchronous: bool, rank: int) -> dict[str, float]:
-        return traffic_per_step(meta, split, patch_config(job), batch, frames, element, synchronous, rank)
+        return traffic_per_step(
+            meta, split, patch_config(job), batch, frames, element, synchronous, rank, model.family.spatial_modules
+        )
 
     for rank in range(mesh.world_size):
         coords = mesh.coords(rank)
@@ -303,7 +311,7 @@ def plan_render(job: JobConfig) -> RenderPlan:
         ]
         plan.workers.append(share)
         if len(frames) not in shapes and par.clip > 1:
-            shapes[len(frames)] = _temporal_shapes(meta, len(frames), split.local_hw(0))
+            shapes[len(frames)] = _temporal_shapes(model, meta, job, len(frames), split.local_hw(0))
         plan.traffic.append(
             _worker_traffic(
                 job, patch_bytes, split, clips, coords, share.calls, shapes.get(len(frames)), element, channels

@@ -58,7 +58,7 @@ def test_corrupt_config_is_reported(tiny_model_dir, tmp_path):
     corrupt = tmp_path / "corrupt"
     shutil.copytree(tiny_model_dir, corrupt)
     (corrupt / "unet" / "config.json").write_text("{ not json")
-    with pytest.raises(ModelLoadError, match="could not load the UNet"):
+    with pytest.raises(ModelLoadError, match="unet.config.json: not a readable JSON config"):
         load_bundle(ModelConfig(path=str(corrupt)))
 
 

@@ -23,15 +23,16 @@ from parallel.patch import (
     PatchState,
     apply_patch_parallel,
     band_rows,
-    find_spatial_modules,
     install_spatial,
     split_rows,
     traffic_per_step,
+    unet_spatial_modules,
 )
 from parallel.patch_vae import decode_method, decode_patch_chunks, frame_share
 from videogen.config import load_job
 from videogen.decode import decode_chunks
 from videogen.errors import ConfigError
+from videogen.models.layers import find_spatial_modules
 from videogen.models.loader import load_bundle
 from videogen.models.tiny import tiny_unet, tiny_vae
 from videogen.pipeline import WorkerSlot, denoise
@@ -287,7 +288,7 @@ def test_calls_are_counted_and_reset_restarts_the_warm_up():
 
 
 def test_temporal_attention_is_never_wrapped():
-    modules = find_spatial_modules(tiny_unet(seed=0))
+    modules = unet_spatial_modules(tiny_unet(seed=0))
     paths = [p for p, _ in modules.attentions]
     assert len(paths) == 4 and not any("temp_attentions" in p or p.startswith("transformer_in") for p in paths)
     assert all(not attn.is_cross_attention for _, attn in modules.attentions)
@@ -320,7 +321,7 @@ def _layer_shapes(hw: tuple[int, int]) -> dict[str, list]:
             hooks.append(
                 module.register_forward_pre_hook(lambda m, a: shapes["norm"].append((a[0].shape, m.num_groups)))
             )
-    for _, attn in find_spatial_modules(unet).attentions:
+    for _, attn in unet_spatial_modules(unet).attentions:
         hooks.append(
             attn.register_forward_pre_hook(lambda m, a: shapes["attn"].append((a[0].shape, m.to_k.out_features)))
         )

@@ -120,10 +120,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_build_tiny_model(args: argparse.Namespace) -> int:
-    from videogen.models.tiny import write_tiny_model
+    from videogen.models.family import family_named
 
-    path = write_tiny_model(args.out, seed=args.seed)
-    print(f"wrote tiny text-to-video model to {path}")
+    family = family_named(args.family, key="--family")
+    path = family.build_tiny(Path(args.out), seed=args.seed)
+    print(f"wrote a tiny {family.name} model to {path}")
     return 0
 
 
@@ -210,8 +211,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="versions, devices and which optional backends work here")
     info.set_defaults(handler=cmd_info)
 
-    tiny = sub.add_parser("build-tiny-model", help="write the tiny diffusers-format test model to a folder")
+    tiny = sub.add_parser("build-tiny-model", help="write a tiny random-weight diffusers-format model to a folder")
     tiny.add_argument("out", help="folder to create")
+    tiny.add_argument(
+        "--family",
+        default="unet3d",
+        help="model family: unet3d (default), videocrafter2 or animatediff",
+    )
     tiny.add_argument("--seed", type=int, default=0, help="weights are deterministic in this seed (default 0)")
     tiny.set_defaults(handler=cmd_build_tiny_model)
 

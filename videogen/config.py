@@ -34,10 +34,12 @@ class ModelConfig:
     ``tiny`` for the bundled tiny model (built on first use, no download). Each component can be
     taken from another folder (the VideoCrafter2 recipe: UNet from one folder, VAE and text
     encoder from zeroscope); such a folder holds the component's files directly or in a
-    subfolder of the component's name.
+    subfolder of the component's name. ``family`` names the model family
+    (:mod:`videogen.models.family`); ``auto`` picks the one that claims the UNet.
     """
 
     path: str = MISSING
+    family: str = "auto"
     unet: str | None = None
     vae: str | None = None
     text_encoder: str | None = None
@@ -91,9 +93,10 @@ class VideoConfig:
 
 @dataclass
 class SamplerConfig:
-    """The denoising loop. ``checkpoint_every`` > 0 saves latents every that many steps."""
+    """The denoising loop. ``name: auto`` is the model family's usual scheduler (DDIM for UNet3D).
+    ``checkpoint_every`` > 0 saves latents every that many steps."""
 
-    name: Literal["ddim", "euler", "dpmpp", "unipc"] = "ddim"
+    name: Literal["auto", "ddim", "euler", "dpmpp", "unipc"] = "auto"
     steps: int = 25
     guidance_scale: float = 9.0
     eta: float = 0.0
@@ -459,7 +462,7 @@ def _problems(job: JobConfig) -> list[tuple[str, str]]:
         out.append(("sampler.guidance_scale", f"{s.guidance_scale}: must be >= 0 (1 disables guidance)"))
     if not 0.0 <= s.eta <= 1.0:
         out.append(("sampler.eta", f"{s.eta}: must be within [0, 1]"))
-    if s.eta > 0 and s.name not in ("ddim",):
+    if s.eta > 0 and s.name not in ("ddim", "auto"):
         out.append(("sampler.eta", f"eta applies to ddim only, not to {s.name}"))
     if s.checkpoint_every < 0:
         out.append(("sampler.checkpoint_every", f"{s.checkpoint_every}: must be >= 0 (0 = no checkpoints)"))

@@ -7,6 +7,7 @@ worker owns, the hooks it adds and how it installs itself on the UNet.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -35,6 +36,7 @@ from videogen.io.atomic import check_target, write_text_atomic
 from videogen.io.image import load_image
 from videogen.io.writer import foreign_entry, open_sink
 from videogen.models.attention import check_backend, set_attention_backend
+from videogen.models.family import ModelFamily
 from videogen.models.frame_context import FrameContext, install_frame_context
 from videogen.models.loader import (
     DTYPES,
@@ -43,6 +45,7 @@ from videogen.models.loader import (
     component_dir,
     load_bundle,
     load_scheduler_config,
+    model_family,
     resolve_device,
 )
 from videogen.models.trip_fusion import load_fusion
@@ -141,13 +144,40 @@ def slot_frames(job: JobConfig, slot: WorkerSlot) -> range:
 
 
 def check_size(job: JobConfig, bundle: ModelBundle) -> None:
-    multiple = bundle.size_multiple
+    _check_multiple(job, bundle.geometry)
+    _check_frame_limit(job, bundle.family, dict(bundle.unet.config))
+
+
+def _check_multiple(job: JobConfig, geometry) -> None:
+    multiple = geometry.size_multiple
     for key, value in (("video.width", job.video.width), ("video.height", job.video.height)):
         if value % multiple:
             raise ConfigError(
-                f"{key}: {value} is not a multiple of {multiple}, which this model needs "
-                f"(VAE x{bundle.vae_scale_factor}, {len(bundle.unet.config.block_out_channels)} UNet levels)"
+                f"{key}: {value} is not a multiple of {multiple}, "
+                f"which this model needs ({geometry.explain_multiple()})"
             )
+
+
+def _check_frame_limit(job: JobConfig, family: ModelFamily, unet_config: dict) -> None:
+    """Exact temporal attention sees every frame at once: refuse more frames than the model has positions for."""
+    limit = family.frame_limit(unet_config)
+    if limit is None or job.video.num_frames <= limit:
+        return
+    if job.parallel.clip_mode == "exact":
+        raise ConfigError(
+            f"video.num_frames: {job.video.num_frames} frames are more than the {limit} frame positions of this "
+            f"{family.name} model's temporal attention, which sees all frames at once with parallel.clip_mode: exact; "
+            "render at most that many, or use parallel.clip_mode: dual_scope, which keeps each frame's keys "
+            "within the limit (docs/model_families.md)"
+        )
+
+
+def sampler_name(job: JobConfig, family: ModelFamily) -> str:
+    """The scheduler the job runs: ``sampler.name``, or the family's usual one for ``auto``."""
+    name = job.sampler.name if job.sampler.name != "auto" else family.default_sampler
+    if job.sampler.eta > 0 and name != "ddim":
+        raise ConfigError(f"sampler.eta: eta applies to ddim only, and this job samples with {name}")
+    return name
 
 
 def latent_shape(job: JobConfig, bundle: ModelBundle) -> tuple[int, int, int]:
@@ -236,11 +266,14 @@ def denoise(
     frames = slot_frames(job, slot)
     text = build_text_context(bundle.tokenizer, bundle.text_encoder, job.prompts, job.video.num_frames, frames)
     frame_context = FrameContext() if text.per_frame else None
-    remove_context = install_frame_context(bundle.unet, frame_context) if frame_context else None
-    denoiser = Denoiser(bundle.unet, text, job.sampler.guidance_scale, frame_context)
+    family, unet = bundle.family, bundle.unet
+    keys = family.cross_attention_keys(unet)
+    remove_context = install_frame_context(unet, frame_context, keys) if frame_context else None
+    inputs = functools.partial(family.unet_inputs, unet, job=job)
+    denoiser = Denoiser(unet, text, job.sampler.guidance_scale, frame_context, inputs)
     remove_parallel = slot.install(bundle.unet, denoiser) if slot.install else None
     try:
-        scheduler = make_scheduler(job.sampler.name, bundle.scheduler_config, job.model.prediction_type)
+        scheduler = make_scheduler(sampler_name(job, bundle.family), bundle.scheduler_config, job.model.prediction_type)
         scheduler.set_timesteps(job.sampler.steps, device=bundle.device)
         hooks = list(slot.hooks)
         if job.image.path is not None:
@@ -341,19 +374,16 @@ def check_model_limits(job: JobConfig) -> None:
     unet, vae = component_config(job.model, "unet"), component_config(job.model, "vae")
     if unet is None or vae is None:
         return
+    family = model_family(job.model)
     try:
-        vae_factor = 2 ** (len(vae["block_out_channels"]) - 1)
-        channels = list(unet["block_out_channels"])
-    except (KeyError, TypeError):
+        geometry = family.geometry(unet, vae)
+        first_width = int(unet["block_out_channels"][0])
+    except (KeyError, TypeError, IndexError):
         return  # the loader says what is wrong with the folder
-    multiple = vae_factor * 2 ** (len(channels) - 1)
+    _check_multiple(job, geometry)
+    _check_frame_limit(job, family, unet)
+    vae_factor = geometry.spatial_factor
     v = job.video
-    for key, value in (("video.width", v.width), ("video.height", v.height)):
-        if value % multiple:
-            raise ConfigError(
-                f"{key}: {value} is not a multiple of {multiple}, which this model needs "
-                f"(VAE x{vae_factor}, {len(channels)} UNet levels)"
-            )
     try:
         device = resolve_device(job.model.device)
     except ModelLoadError:
@@ -362,7 +392,7 @@ def check_model_limits(job: JobConfig) -> None:
     frames = math.ceil(v.num_frames / max(job.parallel.clip, 1))
     branches = 2 if job.sampler.guidance_scale > 1 else 1
     element = torch.finfo(DTYPES[job.model.dtype]).bits // 8
-    need = branches * channels[0] * frames * (v.height // vae_factor) * (v.width // vae_factor) * element
+    need = branches * first_width * frames * (v.height // vae_factor) * (v.width // vae_factor) * element
     if memory is not None and need > memory:
         raise ConfigError(
             f"video.width x video.height x video.num_frames: {v.width}x{v.height} with {frames} frames per worker "

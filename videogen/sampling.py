@@ -27,7 +27,6 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from videogen.models.frame_context import FrameContext
-from videogen.models.text_condition import unet_text_kwargs
 from videogen.prompts import TextContext
 
 SCHEDULERS: dict[str, type[SchedulerMixin]] = {
@@ -69,12 +68,22 @@ class StepHook:
         """See the latents after the step (checkpoints, progress, previews)."""
 
 
+UnetInputs = Callable[[torch.Tensor], dict[str, Any]]
+"""``context -> keyword inputs of a UNet call`` (:meth:`videogen.models.family.ModelFamily.unet_inputs`)."""
+
+
+def _context_only(context: torch.Tensor) -> dict[str, Any]:
+    return {"encoder_hidden_states": context}
+
+
 class Denoiser:
     """Guided model output for a frame slice: ``o_u + s (o_c - o_u)``, batched as ``[uncond, cond]``.
 
-    ``before_call(t)`` callbacks run before every UNet call (e.g. a timestep-dependent attention
-    schedule in a parallel mode). :meth:`branch` evaluates one guidance branch alone (CFG and
-    ParaStep warm-up splitting), :meth:`guide` combines two.
+    ``inputs(context)`` gives the UNet's keyword inputs for a text context (the model family's
+    conditioning: cross-attention states, a pooled caption, fps, ...). ``before_call(t)`` callbacks run
+    before every UNet call (e.g. a timestep-dependent attention schedule in a parallel mode).
+    :meth:`branch` evaluates one guidance branch alone (CFG and ParaStep warm-up splitting), :meth:`guide`
+    combines two.
     """
 
     BRANCHES = ("uncond", "cond")
@@ -85,8 +94,10 @@ class Denoiser:
         text: TextContext,
         guidance_scale: float,
         frame_context: FrameContext | None = None,
+        inputs: UnetInputs | None = None,
     ):
         self.unet = unet
+        self.inputs = inputs or _context_only
         self.dtype = next(unet.parameters()).dtype  # ModelMixin.dtype walks every parameter
         self.text = text
         self.guidance_scale = guidance_scale
@@ -132,7 +143,7 @@ class Denoiser:
         """One counted UNet call, after the ``before_call`` callbacks."""
         for callback in self.before_call:
             callback(timestep)
-        output = self.unet(sample.to(self.dtype), timestep, **unet_text_kwargs(self.unet, context.to(dtype=self.dtype)))
+        output = self.unet(sample.to(self.dtype), timestep, **self.inputs(context.to(dtype=self.dtype)))
         self.evaluations += 1
         return output.sample
 

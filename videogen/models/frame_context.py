@@ -1,10 +1,10 @@
-"""Per-frame text conditioning for UNet3D's spatial cross-attention, installed as processors.
+"""Per-frame text conditioning for a video UNet's spatial cross-attention, installed as processors.
 
-UNet3D repeats one text embedding per batch item over its frames
+Video UNets repeat one text embedding per batch item over its frames
 (``encoder_hidden_states.repeat_interleave(F)``) before the spatial cross-attention. To give each
-frame its own prompt, the processors of the spatial ``attn2`` modules (never the temporal
-blocks, whose ``attn2`` is self-attention over frames) are wrapped: the wrapper swaps the
-repeated context for a ``(B*F, L, D)`` tensor held in a shared :class:`FrameContext` and calls
+frame its own prompt, the processors of the cross-attentions (the model family names them; never
+the temporal blocks, whose attentions are self-attention over frames) are wrapped: the wrapper swaps
+the repeated context for a ``(B*F, L, D)`` tensor held in a shared :class:`FrameContext` and calls
 the original processor. Removing the wrappers restores the original processors.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers import UNet3DConditionModel
 
 
 @dataclass
@@ -21,14 +20,6 @@ class FrameContext:
     """The ``(B*F, L, D)`` embeddings (batch-major, frame-minor) for the next UNet call."""
 
     embeds: torch.Tensor | None = None
-
-
-def is_spatial_cross_attention(processor_key: str) -> bool:
-    """True for ``...attentions.N.transformer_blocks.M.attn2.processor`` outside temporal blocks."""
-    parts = processor_key.split(".")
-    return (
-        "attn2" in parts and "attentions" in parts and "temp_attentions" not in parts and (parts[0] != "transformer_in")
-    )
 
 
 class FrameContextProcessor:
@@ -47,13 +38,10 @@ class FrameContextProcessor:
         return self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
 
 
-def install_frame_context(unet: UNet3DConditionModel, context: FrameContext):
-    """Wrap the spatial cross-attention processors; returns a function that removes the wraps."""
+def install_frame_context(unet: torch.nn.Module, context: FrameContext, keys: set[str]):
+    """Wrap the processors of the cross-attentions ``keys``; returns a function that removes the wraps."""
     original = unet.attn_processors
-    wrapped = {
-        key: FrameContextProcessor(proc, context) if is_spatial_cross_attention(key) else proc
-        for key, proc in original.items()
-    }
+    wrapped = {key: FrameContextProcessor(proc, context) if key in keys else proc for key, proc in original.items()}
     unet.set_attn_processor(wrapped)
 
     def remove() -> None:

@@ -1,30 +1,32 @@
-"""Load a model bundle (UNet3D, VAE, CLIP text encoder + tokenizer, scheduler config) from disk.
+"""Load a model bundle (UNet, VAE, text encoder + tokenizer, scheduler config) from disk, as its family says.
 
-A model is a diffusers-format folder: ``model_index.json`` plus ``unet/``, ``vae/``,
-``text_encoder/``, ``tokenizer/`` and ``scheduler/``. Any component can come from another folder
-(``model.unet: /path``), which holds the component's files either directly or in a subfolder of
-the component's name. Weights are read from safetensors only; pickled ``.bin`` weights are
-refused. A component whose ``config.json`` does not describe its weights is refused naming the first
-tensor that differs. A path that does not exist but looks like a hub id (``org/name``) is passed through to
-diffusers, which may then use the network; nothing in the tests or the demo does.
+A model is a diffusers-format folder: ``model_index.json`` plus ``unet/``, ``vae/``, ``text_encoder/``,
+``tokenizer/`` and ``scheduler/`` (and whatever else its family needs); its
+:class:`~videogen.models.family.ModelFamily` is ``model.family`` or the one that claims its UNet. Any
+component can come from another folder (``model.unet: /path``), which holds the component's files
+either directly or in a subfolder of the component's name. Weights are read from safetensors only;
+pickled ``.bin`` weights are refused. A component whose ``config.json`` does not describe its weights
+is refused naming the first tensor that differs. A path that does not exist but looks like a hub id
+(``org/name``) is passed through to diffusers, which may then use the network; nothing in the tests or
+the demo does.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, UNet3DConditionModel
 from safetensors import safe_open
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from videogen.config import ModelConfig
 from videogen.errors import ModelLoadError
 from videogen.models.bundled import model_root
+from videogen.models.family import LatentGeometry, ModelFamily, detect_family, family_named, read_model_index
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -34,28 +36,38 @@ _TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 
 @dataclass
 class ModelBundle:
-    """Everything one worker needs to render, on one device and in one dtype."""
+    """Everything one worker needs to render, on one device and in one dtype.
 
-    unet: UNet3DConditionModel
-    vae: AutoencoderKL
-    text_encoder: CLIPTextModel
-    tokenizer: CLIPTokenizer
+    ``family`` says how to call and split the UNet; ``extras`` holds components only some families have
+    (by component name).
+    """
+
+    family: ModelFamily
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: CLIPTextModel | None
+    tokenizer: CLIPTokenizer | None
     scheduler_config: dict[str, Any]
     device: torch.device
     dtype: torch.dtype
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def geometry(self) -> LatentGeometry:
+        return self.family.geometry(dict(self.unet.config), dict(self.vae.config))
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return self.geometry.spatial_factor
 
     @property
     def latent_channels(self) -> int:
-        return int(self.unet.config.in_channels)
+        return self.geometry.channels
 
     @property
     def size_multiple(self) -> int:
         """Pixel sizes must be multiples of this: the VAE's and the UNet's downsampling."""
-        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        return self.geometry.size_multiple
 
 
 def resolve_device(name: str) -> torch.device:
@@ -200,50 +212,52 @@ def load_scheduler_config(cfg: ModelConfig) -> dict[str, Any]:
     return config
 
 
+def load_component(cfg: ModelConfig, component: str, cls: type, what: str, **kwargs: Any) -> Any:
+    """``cls.from_pretrained`` on ``component``'s folder, safetensors only, with clear errors.
+
+    ``kwargs`` go to ``from_pretrained`` (``torch_dtype`` for diffusers models, ``dtype`` for transformers).
+    """
+    folder = component_dir(cfg, component)
+    if issubclass(cls, torch.nn.Module):
+        _require_safetensors(folder, component)
+        kwargs = {**kwargs, "use_safetensors": True}
+    return _load(what, folder, cls.from_pretrained, **kwargs, **_hub_kwargs(folder, component))
+
+
+def load_text_model(cfg: ModelConfig, dtype: torch.dtype, width: int) -> tuple[CLIPTextModel, CLIPTokenizer]:
+    """The CLIP text encoder and tokenizer, checked against the UNet's cross-attention ``width``."""
+    text_encoder = load_component(cfg, "text_encoder", CLIPTextModel, "text encoder", dtype=dtype)
+    tokenizer = load_component(cfg, "tokenizer", CLIPTokenizer, "tokenizer")
+    if text_encoder.config.hidden_size != width:
+        raise ModelLoadError(
+            f"text encoder width {text_encoder.config.hidden_size} does not match the UNet's "
+            f"cross_attention_dim {width}: components from different models?"
+        )
+    return text_encoder, tokenizer
+
+
+def model_family(cfg: ModelConfig) -> ModelFamily:
+    """The family of ``cfg``'s model: ``model.family``, or with ``auto`` the one that claims its UNet."""
+    if cfg.family != "auto":
+        return family_named(cfg.family)
+    folder = component_dir(cfg, "unet")
+    root = model_root(cfg.path)
+    index = read_model_index(root) if root.is_dir() else None
+    return detect_family(component_config(cfg, "unet"), index, str(folder), cfg)
+
+
+def placed(bundle: ModelBundle) -> ModelBundle:
+    """Move every module of ``bundle`` to its device, in eval mode and frozen."""
+    for module in (bundle.unet, bundle.vae, bundle.text_encoder, *bundle.extras.values()):
+        if isinstance(module, torch.nn.Module):
+            module.to(bundle.device).eval().requires_grad_(False)
+    return bundle
+
+
 def load_bundle(cfg: ModelConfig) -> ModelBundle:
-    """Load every component of ``cfg`` onto its device in its dtype, in eval mode."""
+    """Load every component of ``cfg``'s model onto its device in its dtype, in eval mode, as its family says."""
     device = resolve_device(cfg.device)
     dtype = DTYPES[cfg.dtype]
     if dtype != torch.float32 and device.type == "cpu" and cfg.dtype == "fp16":
         raise ModelLoadError("model.dtype: fp16 is for GPUs; on the CPU use fp32 or bf16")
-    folders = {c: component_dir(cfg, c) for c in COMPONENTS}
-    for component in ("unet", "vae", "text_encoder"):
-        _require_safetensors(folders[component], component)
-    unet = _load(
-        "UNet",
-        folders["unet"],
-        UNet3DConditionModel.from_pretrained,
-        torch_dtype=dtype,
-        use_safetensors=True,
-        **_hub_kwargs(folders["unet"], "unet"),
-    )
-    vae = _load(
-        "VAE",
-        folders["vae"],
-        AutoencoderKL.from_pretrained,
-        torch_dtype=dtype,
-        use_safetensors=True,
-        **_hub_kwargs(folders["vae"], "vae"),
-    )
-    text_encoder = _load(
-        "text encoder",
-        folders["text_encoder"],
-        CLIPTextModel.from_pretrained,
-        dtype=dtype,
-        use_safetensors=True,
-        **_hub_kwargs(folders["text_encoder"], "text_encoder"),
-    )
-    tokenizer = _load(
-        "tokenizer",
-        folders["tokenizer"],
-        CLIPTokenizer.from_pretrained,
-        **_hub_kwargs(folders["tokenizer"], "tokenizer"),
-    )
-    if text_encoder.config.hidden_size != unet.config.cross_attention_dim:
-        raise ModelLoadError(
-            f"text encoder width {text_encoder.config.hidden_size} does not match the UNet's "
-            f"cross_attention_dim {unet.config.cross_attention_dim}: components from different models?"
-        )
-    for module in (unet, vae, text_encoder):
-        module.to(device).eval().requires_grad_(False)
-    return ModelBundle(unet, vae, text_encoder, tokenizer, load_scheduler_config(cfg), device, dtype)
+    return placed(model_family(cfg).load(cfg, device, dtype))

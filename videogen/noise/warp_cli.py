@@ -116,18 +116,19 @@ def _model_geometry(model: DictConfig, path: str) -> tuple[int, int] | None:
     if OmegaConf.is_missing(model, "path"):
         return None
     from videogen.config import ModelConfig
-    from videogen.models.loader import component_config
+    from videogen.models.loader import component_config, model_family
 
-    cfg = ModelConfig(**{key: model[key] for key in ("path", "vae", "unet")})
+    cfg = ModelConfig(**{key: model[key] for key in ("path", "family", "vae", "unet") if key in model})
     try:
         vae, unet = component_config(cfg, "vae"), component_config(cfg, "unet")
+        if vae is None or unet is None:  # a hub id: nothing on this disk to read
+            return None
+        geometry = model_family(cfg).geometry(unet, vae)
     except ModelLoadError as error:
         raise ModelLoadError(
             f"{path}: {error}; pass --vae-factor and --channels to preview the noise without the model"
         ) from None
-    if vae is None or unet is None:  # a hub id: nothing on this disk to read
-        return None
-    return 2 ** (len(vae["block_out_channels"]) - 1), int(unet["in_channels"])
+    return geometry.spatial_factor, geometry.channels
 
 
 @dataclass
