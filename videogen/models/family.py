@@ -19,7 +19,9 @@ A family is chosen by ``model.family`` or, with ``auto``, from the model folder:
 says whether a UNet ``config.json`` (its ``_class_name`` and keys) and the folder's ``model_index.json``
 are its own (:meth:`ModelFamily.claims`). Built-in families are imported on first use, so importing the
 pipeline imports none of them. Adding a family is adding one module with a :class:`ModelFamily`
-subclass and registering it (docs/model_families.md has the checklist).
+subclass and registering it (docs/model_families.md has the checklist). A family shipped in another
+package registers itself through the ``videogen.model_families`` entry-point group (``name =
+"package.module:FAMILY"``), which is read when a family is looked up, in every worker process alike.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import importlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -166,27 +169,48 @@ def register_family(family: ModelFamily) -> ModelFamily:
     return family
 
 
+ENTRY_POINT_GROUP = "videogen.model_families"
+
+
 def _import_builtin(name: str) -> None:
     if name not in _REGISTRY and name in BUILTIN:
         importlib.import_module(BUILTIN[name])
 
 
+def _plugins() -> dict[str, metadata.EntryPoint]:
+    return {point.name: point for point in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _load_plugin(point: metadata.EntryPoint) -> None:
+    family = point.load()
+    if not isinstance(family, ModelFamily):
+        raise ModelLoadError(f"entry point {point.value} ({ENTRY_POINT_GROUP}) is not a ModelFamily")
+    if family.name not in _REGISTRY:
+        register_family(family)
+
+
 def family_names() -> list[str]:
-    """Every selectable family: the built-in ones and any registered since."""
-    return sorted(set(BUILTIN) | set(_REGISTRY))
+    """Every selectable family: the built-in ones, the installed plugins and any registered since."""
+    return sorted(set(BUILTIN) | set(_plugins()) | set(_REGISTRY))
 
 
 def family_named(name: str, key: str = "model.family") -> ModelFamily:
     """The family called ``name``, or a :class:`ModelLoadError` listing the known ones."""
     _import_builtin(name)
+    if name not in _REGISTRY and name in (plugins := _plugins()):
+        _load_plugin(plugins[name])
     if name not in _REGISTRY:
         raise ModelLoadError(f"{key}: {name!r} is not a model family (known: auto, {', '.join(family_names())})")
     return _REGISTRY[name]
 
 
 def all_families() -> list[ModelFamily]:
+    """Every family: built-in, plugins (entry points) and registered."""
     for name in BUILTIN:
         _import_builtin(name)
+    for name, point in _plugins().items():
+        if name not in _REGISTRY:
+            _load_plugin(point)
     return list(_REGISTRY.values())
 
 
