@@ -21,13 +21,14 @@ overrides are section.key=value pairs merged over the job file, e.g.
   videogen render configs/demo.yaml video.num_frames=32 sampler.steps=10 noise.seed=7
 
 sections and keys (see configs/ and README.md for every default):
-  model     path (folder or 'tiny'), unet, vae, text_encoder, tokenizer, scheduler,
+  model     path (folder or 'tiny'), family (auto or a name), unet, vae, text_encoder, tokenizer, scheduler,
             dtype (fp32|fp16|bf16), device (auto|cpu|cuda[:N]), attention (sdpa|xformers),
             prediction_type (auto|epsilon|v_prediction)
   prompts   text, negative, schedule (list of {text, start, end}; start/end a frame, a share 0.5 or 50%),
             blend_frames
   video     width, height (multiples of 8), num_frames, fps
-  sampler   name (ddim|euler|dpmpp|unipc), steps, guidance_scale, eta, checkpoint_every
+  sampler   name (auto = the family's usual one|ddim|euler|dpmpp|unipc), steps, guidance_scale, eta,
+            checkpoint_every
   noise     seed (-1 draws one), kind (gaussian|warped), warped (motion: see docs/warped_noise.md)
   image     path (first frame: image-to-video), resize, strength, schedule, weight_first, weight_floor,
             decay_frames, active_fraction, pin_first_frame, fusion (see docs/i2v.md)
@@ -156,7 +157,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     command = next((word for word in words if not word.startswith("-")), None)
     parser = argparse.ArgumentParser(
         prog="videogen",
-        description="Render videos with latent video diffusion models (UNet3D family), on one or many workers.",
+        description="Render videos with latent video diffusion models (model families: see docs/model_families.md), "
+        "on one or many workers.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
