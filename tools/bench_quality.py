@@ -52,8 +52,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 from benchlib import print_table, target, write_json  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
-from videogen.config import ModelConfig  # noqa: E402
+from parallel.clip import split_frames  # noqa: E402
+from videogen.config import JobConfig, ModelConfig  # noqa: E402
 from videogen.data.measure import parse_caption, score_video  # noqa: E402
 from videogen.data.shapes import DIRECTIONS, PALETTE, SHAPES, ObjectSpec, Scene, render_scene  # noqa: E402
 from videogen.eval import (  # noqa: E402
@@ -70,7 +72,10 @@ from videogen.eval import (  # noqa: E402
     track_continuity,
     vae_round_trip,
 )
+from videogen.eval.seams import boundary_jumps, switch_frame  # noqa: E402
+from videogen.models.loader import load_bundle  # noqa: E402
 from videogen.noise.warp_spec import CameraMoveSpec, CameraSpec, DragSpec, PointSpec, WarpedNoiseSpec  # noqa: E402
+from videogen.pipeline import render_frames  # noqa: E402
 
 SIZE = 64
 SEED = 1000
@@ -91,7 +96,8 @@ exactly this motion."""
 class Settings:
     """How much to render: ``renders`` per row, ``frames`` and ``steps`` per render, the long video
     (``long_frames`` on ``long_workers`` clip workers, ``long_renders`` of them), and warped noise's
-    ``degradation`` in the motion rows."""
+    ``degradation`` in the motion rows; the prompt schedule's ``blend`` frames; the settings sweeps'
+    ``sweep_renders`` per setting, and their long videos (``sweep_long_frames`` frames, ``sweep_long_renders``)."""
 
     quick: bool
     renders: int
@@ -102,6 +108,10 @@ class Settings:
     long_workers: int
     long_renders: int
     degradation: float = 0.5
+    blend: int = 4
+    sweep_renders: int = 8
+    sweep_long_frames: int = 64
+    sweep_long_renders: int = 2
 
 
 @dataclass
@@ -275,12 +285,151 @@ def long_video(model: str, settings: Settings) -> Section:
     ]
     videos, seconds = render_suites(model, settings, suites, [SEED], base={"video.num_frames": settings.long_frames})
     exact = videos["exact_long"]
+    clips = split_frames(settings.long_frames, settings.long_workers)
     records: list[dict] = []
     rows = [
-        compare("exact (1 worker)", exact, exact, records),
-        compare(f"dual-scope clip={settings.long_workers}", videos["dual"], exact, records),
+        with_seams(compare("exact (1 worker)", exact, exact, records), exact, clips),
+        with_seams(
+            compare(f"dual-scope clip={settings.long_workers}", videos["dual"], exact, records), videos["dual"], clips
+        ),
     ]
     return Section(rows, records, seconds)
+
+
+def with_seams(row: dict, videos: list[Video], clips: list[range]) -> dict:
+    """``row`` with the change across the clip boundaries against inside the clips
+    (``videogen.eval.seams.boundary_jumps``; the exact render's, measured at the same frames, is the
+    baseline: exact clip parallelism renders the one-worker video)."""
+    jumps = [boundary_jumps(v.frames, clips, main_track(v)) for v in videos]
+    return {
+        **row,
+        "boundary_pixel_ratio": mean(j.pixel_ratio for j in jumps),
+        "boundary_track_ratio": mean(j.track_ratio for j in jumps),
+    }
+
+
+# -- prompt schedules: where the switch lands ------------------------------------------------------
+
+
+def schedule_switch(model: str, settings: Settings) -> Section:
+    """A schedule switching the object's colour half way through, blended over ``settings.blend`` frames:
+    the frame where the video switches (``videogen.eval.seams.switch_frame``) against the frame asked."""
+    frames, blend = settings.frames, settings.blend
+    asked = frames // 2
+    window = (asked - blend // 2, asked + blend - blend // 2)
+    colours = list(PALETTE)
+    records, started = [], time.perf_counter()
+    bundle = load_bundle(ModelConfig(path=model))
+    for i in range(settings.renders):
+        before, after = colours[i % len(colours)], colours[(i + 1 + i // len(colours)) % len(colours)]
+        shape, direction = SHAPES[i % len(SHAPES)], list(DIRECTIONS)[i % len(DIRECTIONS)]
+        texts = [f"{article(c)} {c} {shape} moving {direction}" for c in (before, after)]
+        job = render_job_config(
+            model,
+            settings,
+            {
+                "prompts": {
+                    "schedule": [{"text": texts[0], "end": asked}, {"text": texts[1], "start": asked}],
+                    "blend_frames": blend,
+                },
+            },
+        )
+        video = render_frames(job, bundle=bundle)
+        switch = switch_frame(video, before, after)
+        records.append({"from": texts[0], "to": texts[1], "asked": asked, "switch": switch, "seed": SEED})
+        print(f"schedule {i + 1}/{settings.renders}: {before} -> {after} at {switch} (asked {asked})", flush=True)
+    errors = [abs(r["switch"] - asked) for r in records]
+    row = {
+        "renders": len(records),
+        "frames": frames,
+        "asked": asked,
+        "blend_frames": blend,
+        "mean_abs_error_frames": mean(errors),
+        "within_blend_pct": pct(window[0] <= r["switch"] <= window[1] for r in records),
+        "exact_pct": pct(e == 0 for e in errors),
+    }
+    return Section([row], records, time.perf_counter() - started)
+
+
+def render_job_config(model: str, settings: Settings, sections: dict):
+    """A one-worker render job on ``model`` at the benchmark's size, steps and guidance, plus ``sections``."""
+    config = OmegaConf.merge(
+        OmegaConf.structured(JobConfig),
+        {
+            "model": {"path": model},
+            "video": {"width": SIZE, "height": SIZE, "num_frames": settings.frames},
+            "sampler": {"steps": settings.steps, "guidance_scale": settings.guidance},
+            "noise": {"seed": SEED},
+            "output": {"path": str(Path(tempfile.gettempdir()) / "bench_quality_unused.mp4")},
+        },
+        sections,
+    )
+    return OmegaConf.to_object(config)
+
+
+# -- the settings of each approximation ------------------------------------------------------------
+
+SWEEPS: dict[str, list[tuple[str, dict]]] = {
+    "parastep": [
+        ("step=2, warm-up 3 (default)", {"parallel.step": 2}),
+        ("step=3, warm-up 3", {"parallel.step": 3}),
+        ("step=4, warm-up 3", {"parallel.step": 4}),
+        ("step=2, warm-up 1", {"parallel.step": 2, "parallel.step_warmup": 1}),
+        ("step=2, warm-up 6", {"parallel.step": 2, "parallel.step_warmup": 6}),
+    ],
+    "pcpp": [
+        ("patch=2, portion 0.125", {"parallel.patch": 2, "parallel.patch_options.portion": 0.125}),
+        ("patch=2, portion 0.25 (default)", {"parallel.patch": 2}),
+        ("patch=2, portion 0.5", {"parallel.patch": 2, "parallel.patch_options.portion": 0.5}),
+        ("patch=2, portion all (DistriFusion)", {"parallel.patch": 2, "parallel.patch_options.portion": "all"}),
+        ("patch=2, warm-up 1", {"parallel.patch": 2, "parallel.patch_options.warmup_steps": 1}),
+        ("patch=2, warm-up 8", {"parallel.patch": 2, "parallel.patch_options.warmup_steps": 8}),
+    ],
+}
+
+
+def dual_scope_sweep(workers: int) -> list[tuple[str, dict]]:
+    base = {"parallel.clip": workers, "parallel.clip_mode": "dual_scope"}
+    ds = "parallel.dual_scope"
+    return [
+        ("radius 8, 16 global, switch 800 (default)", base),
+        ("radius 2", {**base, f"{ds}.local_radius": 2}),
+        ("radius 4", {**base, f"{ds}.local_radius": 4}),
+        ("4 global frames", {**base, f"{ds}.global_frames": 4}),
+        ("switch 500", {**base, f"{ds}.switch_timestep": 500.0}),
+        ("switch 1000 (global scope always)", {**base, f"{ds}.switch_timestep": 1000.0}),
+    ]
+
+
+def sweeps(model: str, settings: Settings) -> tuple[Section, Section]:
+    """ParaStep's N and warm-up, PCPP's portion and warm-up (on ``sweep_renders`` adherence prompts), and
+    dual-scope's radius, global frames and switch timestep (``sweep_long_renders`` videos of
+    ``sweep_long_frames`` frames on ``long_workers`` clip workers), each against the exact render."""
+    prompts = single_object_prompts(settings.sweep_renders)
+    named = [(f"{group} {label}", o) for group, rows in SWEEPS.items() for label, o in rows]
+    suites = [SuiteSection(name="exact", prompts=prompts)] + [
+        SuiteSection(name=f"s{i}", prompts=prompts, overrides=o) for i, (_, o) in enumerate(named)
+    ]
+    videos, seconds = render_suites(model, settings, suites, [SEED])
+    records: list[dict] = []
+    rows = [compare("exact (1 worker)", videos["exact"], videos["exact"], records)]
+    rows += [compare(label, videos[f"s{i}"], videos["exact"], records) for i, (label, _) in enumerate(named)]
+    long_prompts = single_object_prompts(settings.sweep_long_renders)
+    dual = dual_scope_sweep(settings.long_workers)
+    suites = [SuiteSection(name="exact", prompts=long_prompts)] + [
+        SuiteSection(name=f"d{i}", prompts=long_prompts, overrides=o) for i, (_, o) in enumerate(dual)
+    ]
+    long_videos, long_seconds = render_suites(
+        model, settings, suites, [SEED], base={"video.num_frames": settings.sweep_long_frames}
+    )
+    clips = split_frames(settings.sweep_long_frames, settings.long_workers)
+    exact = long_videos["exact"]
+    long_records: list[dict] = []
+    long_rows = [with_seams(compare("exact (1 worker)", exact, exact, long_records), exact, clips)]
+    for i, (label, _) in enumerate(dual):
+        row = compare(f"dual-scope clip={settings.long_workers}, {label}", long_videos[f"d{i}"], exact, long_records)
+        long_rows.append(with_seams(row, long_videos[f"d{i}"], clips))
+    return Section(rows, records, seconds), Section(long_rows, long_records, long_seconds)
 
 
 # -- 2: motion control -----------------------------------------------------------------------------
@@ -436,8 +585,22 @@ def image_to_video(model: str, settings: Settings) -> tuple[Section, dict]:
 
 def settings_for(args) -> Settings:
     if args.quick:
-        return Settings(True, args.renders or 2, 12, 10, args.guidance, 32, 2, 1, args.degradation)
-    return Settings(False, args.renders or 20, 16, 25, args.guidance, 128, 4, args.long_renders, args.degradation)
+        return Settings(True, args.renders or 2, 12, 10, args.guidance, 32, 2, 1, args.degradation, 4, 2, 32, 1)
+    return Settings(
+        False,
+        args.renders or 20,
+        16,
+        25,
+        args.guidance,
+        128,
+        4,
+        args.long_renders,
+        args.degradation,
+        4,
+        args.sweep_renders,
+        64,
+        args.sweep_long_renders,
+    )
 
 
 def finite(value):
@@ -460,9 +623,11 @@ def timed(label: str, seconds: dict, run: Callable):
     return out
 
 
-ROWS = ("adherence", "long", "motion", "i2v")
+ROWS = ("adherence", "long", "motion", "i2v", "schedule", "sweeps")
+DEFAULT_ROWS = ROWS[:-1]
 """The benchmark's groups of rows (``--rows``): adherence with PCPP and ParaStep, the long dual-scope
-video, motion control, image-to-video."""
+video, motion control, image-to-video, the prompt-schedule switch, and (only when asked: about an hour
+here) the sweeps of each approximation's settings."""
 
 
 def main() -> None:
@@ -476,8 +641,14 @@ def main() -> None:
     parser.add_argument(
         "--degradation", type=float, default=0.5, help="warped noise's degradation in the motion rows (default 0.5)"
     )
+    parser.add_argument("--sweep-renders", type=int, default=8, help="renders per setting in the sweeps (default 8)")
     parser.add_argument(
-        "--rows", default=",".join(ROWS), help=f"comma-separated groups to run (default all: {','.join(ROWS)})"
+        "--sweep-long-renders", type=int, default=2, help="renders per dual-scope setting in the sweeps (default 2)"
+    )
+    parser.add_argument(
+        "--rows",
+        default=",".join(DEFAULT_ROWS),
+        help=f"comma-separated groups to run (default: {','.join(DEFAULT_ROWS)}; also: sweeps)",
     )
     args = parser.parse_args()
     chosen = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -542,6 +713,26 @@ def main() -> None:
         targets["i2v_first_frame_gap_to_vae_ceiling_db"] = target(trained["gap_to_ceiling_db"], "<= 1.0")
         targets["i2v_identity_frames"] = target(trained["identity_frames_pct"] / 100, ">= 0.9")
         results["image_to_video"] = {"rows": i2v.rows, "videos": i2v.records, **setup}
+    if "schedule" in chosen:
+        schedule = timed("prompt schedule", seconds, lambda: schedule_switch(args.model, s))
+        tables.append((f"prompt schedule switch ({head}; colour change at frame {s.frames // 2})", schedule.rows))
+        targets["schedule_switch_within_blend"] = target(schedule.rows[0]["within_blend_pct"] / 100, ">= 0.9")
+        results["schedule"] = {"rows": schedule.rows, "videos": schedule.records}
+    if "sweeps" in chosen:
+        sweep, long_sweep = timed("settings sweeps", seconds, lambda: sweeps(args.model, s))
+        tables.append((f"ParaStep and PCPP settings against the exact render ({head})", sweep.rows))
+        tables.append(
+            (
+                f"dual-scope settings on {s.long_workers} clip workers ({args.model}, {s.sweep_long_frames} frames)",
+                long_sweep.rows,
+            )
+        )
+        results["sweeps"] = {
+            "rows": sweep.rows,
+            "videos": sweep.records,
+            "dual_scope_rows": long_sweep.rows,
+            "dual_scope_videos": long_sweep.records,
+        }
 
     total = time.perf_counter() - started
     for title, rows in tables:

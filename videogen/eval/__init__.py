@@ -6,7 +6,8 @@ with the world's own measurements (:mod:`~videogen.eval.scoring`, built on
 :func:`videogen.data.measure.score_video`) and reports per-suite rates and means
 (:mod:`~videogen.eval.report`). Beyond a caption: an object's track against a requested motion
 (:mod:`~videogen.eval.motion`), and frames against an image or another render
-(:mod:`~videogen.eval.fidelity`). docs/quality.md defines every figure.
+(:mod:`~videogen.eval.fidelity`), seams at clip boundaries and where a prompt schedule switches
+(:mod:`~videogen.eval.seams`). docs/quality.md defines every figure.
 """
 
 from videogen.eval.fidelity import identity_rate, psnr, ssim, vae_round_trip
@@ -17,9 +18,11 @@ from videogen.eval.report import format_table, report_table, write_report
 from videogen.eval.runner import EvalReport, run_eval
 from videogen.eval.schema import EvalJob, ScoringSection, SheetSection, SuiteSection, eval_problems, load_eval_job
 from videogen.eval.scoring import SuiteSummary, VideoRow, score_row, summarize, summarize_suites
+from videogen.eval.seams import BoundaryJumps, boundary_jumps, switch_frame
 
 __all__ = [
     "REPEAT_SEED_STRIDE",
+    "BoundaryJumps",
     "EvalJob",
     "EvalReport",
     "MotionErrors",
@@ -29,6 +32,7 @@ __all__ = [
     "SuiteSection",
     "SuiteSummary",
     "VideoRow",
+    "boundary_jumps",
     "eval_problems",
     "format_table",
     "identity_rate",
@@ -45,6 +49,7 @@ __all__ = [
     "ssim",
     "summarize",
     "summarize_suites",
+    "switch_frame",
     "track_continuity",
     "vae_round_trip",
     "write_report",
