@@ -336,3 +336,15 @@ def test_a_zero_initialised_text_path_adds_nothing_until_trained():
         with torch.no_grad():
             a, b = (unet(latents, t, encoder_hidden_states=text).sample for text in texts)
         assert torch.equal(a, b) == same
+
+
+def test_the_motion_weight_adds_the_frame_to_frame_change_of_the_error(trained, tmp_path):
+    job, _ = trained
+    indices = list(range(10**6, 10**6 + 2))
+    plain = _objective_loss(tiny_job(Path(job.out), "model.init=" + job.out), "unet", indices)
+    weighted = _objective_loss(
+        tiny_job(Path(job.out), "model.init=" + job.out, "unet.motion_weight=2.0"), "unet", indices
+    )
+    assert weighted > plain * 1.01, (plain, weighted)
+    with pytest.raises(ConfigError, match=r"unet.motion_weight: must be >= 0"):
+        load_train_job(None, [f"out={tmp_path}", "unet.motion_weight=-1"])

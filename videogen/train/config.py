@@ -129,7 +129,10 @@ class UnetStage(StageSection):
     probability of the UNet's dropout layers (UNet3D's temporal convolutions have them; 0.1 as built).
     ``timestep_range``: ``[low, high]``, the share of the scheduler's training timesteps the samples'
     timesteps are drawn from, uniformly (``[0.6, 1.0]``: only the noisiest 40%, where a clip's motion
-    is still undecided and only the caption can tell it).
+    is still undecided and only the caption can tell it). ``motion_weight``: ``lambda`` of an extra
+    term ``lambda mean_f (e_{f+1} - e_f)^2`` on the prediction error ``e = prediction - target`` of
+    each frame: an error that changes from frame to frame (the object in the wrong place: motion) costs
+    more than one every frame shares (a wrong colour everywhere). 0 (the default) is the plain loss.
     """
 
     steps: int = 3000
@@ -140,6 +143,7 @@ class UnetStage(StageSection):
     degradation: list[float] = field(default_factory=lambda: [0.0, 1.0])
     dropout: float = 0.1
     timestep_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    motion_weight: float = 0.0
 
 
 @dataclass
@@ -239,6 +243,8 @@ def train_problems(job: TrainJob) -> list[tuple[str, str]]:
     span = u.timestep_range
     if len(span) != 2 or not 0.0 <= span[0] < span[1] <= 1.0:
         out.append(("unet.timestep_range", f"must be [low, high] with 0 <= low < high <= 1, got {span}"))
+    if u.motion_weight < 0:
+        out.append(("unet.motion_weight", f"must be >= 0, got {u.motion_weight}"))
     for name in ("image", "unet"):
         dropout = getattr(job, name).dropout
         if not 0.0 <= dropout < 1.0:

@@ -181,7 +181,12 @@ class UnetObjective(torch.nn.Module):
         z_t = abar.sqrt() * latents + (1 - abar).sqrt() * noise
         pred = self.unet(z_t, timesteps, **unet_text_kwargs(self.unet, text)).sample
         target = abar.sqrt() * noise - (1 - abar).sqrt() * latents if self.v_prediction else noise
-        return F.mse_loss(pred, target)
+        loss = F.mse_loss(pred, target)
+        weight = self.job.unet.motion_weight if self.stage_name == "unet" else 0.0
+        if weight > 0 and pred.shape[2] > 1:
+            error = pred - target
+            loss = loss + weight * (error[:, :, 1:] - error[:, :, :-1]).pow(2).mean()
+        return loss
 
 
 class TripObjective(torch.nn.Module):
