@@ -41,7 +41,7 @@ from parallel.patch import PatchSplit, split_rows, traffic_per_step
 from parallel.patch_vae import decode_method, frame_share
 from parallel.step import check_sampler, step_schedule
 from videogen.config import JobConfig
-from videogen.errors import ConfigError, VideogenError
+from videogen.errors import ConfigError, ModelLoadError, VideogenError
 from videogen.models.family import LatentGeometry, ModelFamily
 from videogen.models.loader import COMPONENTS, DTYPES, component_config, component_dir, model_family
 
@@ -125,8 +125,9 @@ def preflight_errors(job: JobConfig, resume: bool = False) -> list[VideogenError
     _collect(errors, functools.partial(job_clips, job), "parallel.clip: ")
     for make in (clip_config, patch_config, step_config):
         _collect(errors, functools.partial(make, job))
-    if job.parallel.step > 1:
-        _collect(errors, functools.partial(check_sampler, job.sampler.name))
+    model_failed = any(isinstance(error, ModelLoadError) for error in errors)
+    if job.parallel.step > 1 and (job.sampler.name != "auto" or not model_failed):  # auto reads the model
+        _collect(errors, functools.partial(check_sampler, job.sampler.name, job.model))
     if job.model.dtype == "fp16" and job.model.device == "cpu":
         errors.append(ConfigError("model.dtype: fp16 is for GPUs; on the CPU use fp32 or bf16"))
     _collect(errors, functools.partial(check_inputs, job))

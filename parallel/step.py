@@ -39,9 +39,12 @@ else crosses workers; during the warm-up only the split guidance branches are se
 
 Drafts run on a copy of the master scheduler taken at ``s``, so stateful schedulers (Euler's step
 index, DPM-Solver++/UniPC history) draft from the master's state and the master's own state never
-sees a draft. Samplers whose step draws random numbers itself (ancestral, SDE) are refused: ranks
-take different numbers of draft steps, so their generators would diverge. DDIM with ``eta > 0``
-is supported through ``step_noise``, which is drawn per step index, not from a generator.
+sees a draft. Samplers whose step draws random numbers from a generator (ancestral) are refused:
+ranks take different numbers of draft steps, so their generators would diverge. Stochastic steps
+(DDIM with ``eta > 0``, SDE-DPM-Solver++) are supported through ``step_noise``, which is drawn per
+step index and global frame, not from a generator: a draft's step ``i`` adds the same noise ``n_i``
+as the master's step ``i``, so a draft differs from the master trajectory by its reused outputs only,
+as with a deterministic sampler, and the exact cases above stay exact.
 
 :class:`SerialReferenceLoop` is the single-process oracle: the same mathematics with ``N``
 virtual ranks, computed step by step.
@@ -63,10 +66,20 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from parallel.clip import apply_clip_parallel
 from parallel.comm import AxisComm, CommStats
 from parallel.mesh import ParallelPlan, build_mesh
-from videogen.config import JobConfig
+from videogen.config import JobConfig, ModelConfig
 from videogen.errors import ConfigError
+from videogen.models.loader import model_family
 from videogen.pipeline import WorkerSlot, denoise, prepare_bundle
-from videogen.sampling import SCHEDULERS, Denoise, Denoiser, StepContext, StepHook, StepNoise, Stepper
+from videogen.sampling import (
+    SCHEDULERS,
+    Denoise,
+    Denoiser,
+    StepContext,
+    StepHook,
+    StepNoise,
+    Stepper,
+    draws_step_noise,
+)
 
 __all__ = [
     "REUSE_RULES",
@@ -84,7 +97,7 @@ __all__ = [
 ]
 
 REUSE_RULES = ("shared", "own")
-STEP_SAMPLERS = ("ddim", "euler", "dpmpp", "unipc")  # each step is deterministic given output, t, latents
+STEP_SAMPLERS = ("ddim", "euler", "dpmpp", "unipc", "dpmpp_sde")  # a step is fixed by output, t, latents, step noise
 
 
 @dataclass(frozen=True)
@@ -115,8 +128,15 @@ class StepParallelConfig:
         return self.warmup_split and size > 1 and isinstance(denoiser, Denoiser) and denoiser.guided
 
 
-def check_sampler(name: str) -> None:
-    """Raise :class:`ConfigError` unless step parallelism supports sampler ``name``."""
+def check_sampler(name: str, model: ModelConfig | None = None) -> None:
+    """Raise :class:`ConfigError` unless step parallelism supports sampler ``name``.
+
+    ``auto`` is the default sampler of ``model``'s family, found from its config files (no weights).
+    """
+    if name == "auto":
+        if model is None:
+            raise ValueError("sampler.name auto names the model family's sampler: pass the model")
+        name = model_family(model).default_sampler
     if name not in STEP_SAMPLERS:
         raise ConfigError(
             f"parallel.step > 1 cannot use sampler.name {name!r}: supported are {', '.join(STEP_SAMPLERS)} "
@@ -124,13 +144,14 @@ def check_sampler(name: str) -> None:
         )
 
 
-def _check_scheduler(scheduler: SchedulerMixin) -> None:
+def _check_scheduler(scheduler: SchedulerMixin, step_noise: StepNoise | None) -> None:
     supported = tuple(SCHEDULERS[name] for name in STEP_SAMPLERS)
-    stochastic = str(getattr(scheduler.config, "algorithm_type", "")).startswith("sde")
-    if type(scheduler) not in supported or stochastic:
+    unseeded = draws_step_noise(scheduler) and step_noise is None
+    if type(scheduler) not in supported or unseeded:
+        fix = "pass step_noise, drawn per step index" if unseeded else f"use one of {', '.join(STEP_SAMPLERS)}"
         raise ConfigError(
-            f"step parallelism cannot use the scheduler {type(scheduler).__name__}: it draws noise inside its step, "
-            f"which would diverge across step workers; use one of {', '.join(STEP_SAMPLERS)}"
+            f"step parallelism cannot use the scheduler {type(scheduler).__name__} this way: it draws noise inside "
+            f"its step, which would diverge across step workers; {fix}"
         )
 
 
@@ -221,7 +242,7 @@ class StepParallelLoop:
         eta: float = 0.0,
         step_noise: StepNoise | None = None,
     ) -> torch.Tensor:
-        _check_scheduler(scheduler)
+        _check_scheduler(scheduler, step_noise)
         stepper = _Stepper(scheduler, frames, hooks, eta, step_noise)
         num_steps = len(scheduler.timesteps)
         self._agree(scheduler, latents, start_index, num_steps)
@@ -306,7 +327,7 @@ class SerialReferenceLoop:
         eta: float = 0.0,
         step_noise: StepNoise | None = None,
     ) -> torch.Tensor:
-        _check_scheduler(scheduler)
+        _check_scheduler(scheduler, step_noise)
         stepper = _Stepper(scheduler, frames, hooks, eta, step_noise)
         schedule = step_schedule(start_index, len(scheduler.timesteps), self.config.warmup, self.size)
         own: list[torch.Tensor] = []
@@ -359,7 +380,7 @@ def step_latents_worker(rank: int, world_size: int, job: JobConfig, step: int, c
     """
     from parallel.job_plan import clip_config, job_clips
 
-    check_sampler(job.sampler.name)
+    check_sampler(job.sampler.name, job.model)
     plan = ParallelPlan(step=step, clip=job.parallel.clip)
     plan.check_world_size(world_size)
     device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"

@@ -93,10 +93,11 @@ class VideoConfig:
 
 @dataclass
 class SamplerConfig:
-    """The denoising loop. ``name: auto`` is the model family's usual scheduler (DDIM for UNet3D).
+    """The denoising loop. ``name: auto`` is the model family's usual scheduler (DDIM for UNet3D,
+    ``dpmpp_sde`` for VideoCrafter2: SDE-DPM-Solver++ with Karras sigmas, fresh noise every step).
     ``checkpoint_every`` > 0 saves latents every that many steps."""
 
-    name: Literal["auto", "ddim", "euler", "dpmpp", "unipc"] = "auto"
+    name: Literal["auto", "ddim", "euler", "dpmpp", "unipc", "dpmpp_sde"] = "auto"
     steps: int = 25
     guidance_scale: float = 9.0
     eta: float = 0.0

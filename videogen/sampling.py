@@ -34,8 +34,12 @@ SCHEDULERS: dict[str, type[SchedulerMixin]] = {
     "euler": EulerDiscreteScheduler,
     "dpmpp": DPMSolverMultistepScheduler,
     "unipc": UniPCMultistepScheduler,
+    "dpmpp_sde": DPMSolverMultistepScheduler,
 }
-_SCHEDULER_EXTRAS: dict[str, dict[str, Any]] = {"dpmpp": {"algorithm_type": "dpmsolver++"}}
+_SCHEDULER_EXTRAS: dict[str, dict[str, Any]] = {
+    "dpmpp": {"algorithm_type": "dpmsolver++"},
+    "dpmpp_sde": {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+}
 
 
 def make_scheduler(name: str, base_config: dict[str, Any], prediction_type: str = "auto") -> SchedulerMixin:
@@ -172,6 +176,11 @@ Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(latents, timestep) -> guided output``: a :class:`Denoiser` or a parallel wrapper of one."""
 
 
+def draws_step_noise(scheduler: SchedulerMixin) -> bool:
+    """Whether ``scheduler.step`` adds fresh noise at every step whatever ``eta`` is (SDE-DPM-Solver++)."""
+    return str(getattr(scheduler.config, "algorithm_type", "")).startswith("sde")
+
+
 def step_kwargs(scheduler: SchedulerMixin, eta: float) -> dict[str, Any]:
     """The keyword arguments ``scheduler.step`` takes besides the model output (DDIM: ``eta``)."""
     params = inspect.signature(scheduler.step).parameters
@@ -183,10 +192,11 @@ class Stepper:
 
     :meth:`evaluate` is the guided model output at step ``index``; :meth:`step` lets every hook shape
     it (``on_model_output``) and takes the scheduler step ``Phi(latents, output, index)``, with the
-    step's own noise when ``eta > 0``; :meth:`master` then shows the new latents to every hook
+    step's own noise when the step is stochastic (DDIM with ``eta > 0``, or a scheduler that
+    :func:`draws_step_noise`); :meth:`master` then shows the new latents to every hook
     (``on_step_end``). ``step_noise(index, latents)`` is that noise, drawn per step and global frame
-    so that the video does not depend on how it is split; ``eta > 0`` without it is refused rather than
-    left to the scheduler's own unseeded draw.
+    so that the video does not depend on how it is split; a stochastic step without it is refused
+    rather than left to the scheduler's own unseeded draw.
     """
 
     def __init__(
@@ -199,11 +209,17 @@ class Stepper:
     ):
         if eta > 0 and step_noise is None:
             raise ValueError("eta > 0 needs step_noise: the step noise drawn per step index and global frame")
+        stochastic = draws_step_noise(scheduler)
+        if stochastic and step_noise is None:
+            raise ValueError(
+                f"{type(scheduler).__name__} ({scheduler.config.algorithm_type}) adds noise at every step and "
+                "needs step_noise: the step noise drawn per step index and global frame"
+            )
         self.timesteps = scheduler.timesteps
         self.frames = frames
         self.hooks = hooks
         self.kwargs = step_kwargs(scheduler, eta)
-        self.step_noise = step_noise if eta > 0 else None
+        self.step_noise = step_noise if eta > 0 or stochastic else None
 
     def evaluate(self, denoiser: Denoise, scheduler: SchedulerMixin, index: int, latents: torch.Tensor) -> torch.Tensor:
         t = self.timesteps[index]
