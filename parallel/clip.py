@@ -20,6 +20,16 @@ Temporal attention (``attn1`` and ``attn2`` of every ``TransformerTemporalModel`
     it owns, and every other rank the global frames alone; the query then sees the masked local
     window and the global frames as defined in :mod:`parallel.dual_scope` (one collective).
 
+Frame positions (AnimateDiff's motion modules add ``pe[p]`` to each frame's normalised tokens
+before ``attn1`` and ``attn2``, for ``p`` below the model's limit)
+    *exact*: each clip adds the positions of its frames' *global* indices (a clip of frames 8..15
+    adds ``pe[8..15]``), so the gathered keys are the whole video's; a video longer than the limit is
+    refused. *dual_scope*: the embedding is made the identity and the attention adds positions
+    itself, by position window (:mod:`parallel.dual_scope`): one exchange per attention sends the
+    *normalised hidden states* (not keys and values, which depend on the window's positions) of
+    the same frames as above; the worker adds each window's positions, projects and attends with
+    the window's mask. The result equals the single-process reference on any number of workers.
+
 Temporal GroupNorm statistics (``TransformerTemporalModel.norm`` and the four norms of each
 ``TemporalConvLayer``)
     *exact*: every clip's ``(count, mean, M2)`` per group is all-gathered and combined with Chan's
@@ -31,7 +41,7 @@ In exact mode the clip outputs equal the single-device UNet output on the whole 
 dual-scope mode they equal :func:`parallel.dual_scope.apply_dual_scope_reference`.
 
 Everything is installed through diffusers attention processors and per-instance ``forward``
-wrappers found by module class (``temp_convs.*``, ``temp_attentions.*``, ``transformer_in``);
+wrappers on the modules the model's family names (:class:`~videogen.models.layers.TemporalModules`);
 the model's code is not edited, and :meth:`ClipParallelHandle.remove` restores it exactly.
 Every rank makes the same collectives in the same order: the layer order of the UNet.
 """
@@ -54,15 +64,21 @@ from parallel.dual_scope import (
     DualScopeConfig,
     TimestepRecorder,
     apply_group_norm,
+    check_positioned_call,
     check_temporal_call,
     dual_scope_mask,
     global_frame_indices,
     group_stats,
+    key_set,
+    local_key_range,
     patch_forward,
+    position_table,
+    position_windows,
     scope_biases,
     temporal_kv,
     temporal_output,
     temporal_q,
+    without_positions,
 )
 from videogen.errors import ConfigError
 from videogen.models.layers import TemporalModules, find_temporal_modules
@@ -199,6 +215,7 @@ class _ClipState:
         config: ClipParallelConfig,
         recorder: TimestepRecorder,
         band_comm: AxisComm | None = None,
+        limit: int | None = None,
     ):
         self.comm = comm
         self.band_comm = band_comm
@@ -213,11 +230,52 @@ class _ClipState:
         self.global_frames = glob
         self.global_counts = [sum(1 for g in glob if g in c) for c in clips]
         self.own_global = [g - self.frames.start for g in glob if g in self.frames]
-        self.local_keys = range(
-            max(0, self.frames.start - ds.local_radius), min(num_frames, self.frames.stop + ds.local_radius)
-        )
+        self.local_keys = local_key_range(self.frames, num_frames, ds.local_radius)
+        positioned = limit is not None and config.mode == "dual_scope"
+        self.windows = position_windows(num_frames, ds, limit) if positioned else []
         self._masks: dict[tuple, torch.Tensor] = {}
         self._own_global_index: dict[torch.device, torch.Tensor] = {}
+        self._window_plans: dict[tuple, list[_WindowPlan]] = {}
+
+    def window_plans(self, dtype: torch.dtype, device: torch.device) -> list[_WindowPlan]:
+        """What this clip computes for each position window it has queries in, at the current timestep.
+
+        Indices point into the ``[left halo | own | right halo | global frames]`` buffer of
+        :class:`_ScopeExchange`, whose first part is exactly the frames of ``local_keys``.
+        """
+        ds = self.config.dual_scope
+        biases = scope_biases(ds, self.recorder.current())
+        cache = (biases, dtype, device)
+        if cache not in self._window_plans:
+            base, at = self.local_keys.start, len(self.local_keys)
+
+            def index(values: list[int]) -> torch.Tensor:
+                return torch.tensor(values, dtype=torch.long, device=device)
+
+            plans = []
+            for window in self.windows:
+                queries = range(max(window.start, self.frames.start), min(window.stop, self.frames.stop))
+                if not queries:
+                    continue
+                keys = key_set(window, self.num_frames, ds.local_radius, self.global_frames)
+                slot = {frame: p for p, frame in enumerate(keys)}
+                local = local_key_range(queries, self.num_frames, ds.local_radius)
+                mask = dual_scope_mask(
+                    queries, local, self.global_frames, ds.local_radius, *biases, dtype=dtype, device=device
+                )
+                plans.append(
+                    _WindowPlan(
+                        queries=slice(queries.start - base, queries.stop - base),
+                        query_positions=slice(slot[queries.start], slot[queries.start] + len(queries)),
+                        local=slice(local.start - base, local.stop - base),
+                        local_positions=slice(slot[local.start], slot[local.start] + len(local)),
+                        global_index=index(list(range(at, at + len(self.global_frames)))),
+                        global_positions=index([slot[g] for g in self.global_frames]),
+                        mask=mask,
+                    )
+                )
+            self._window_plans[cache] = plans
+        return self._window_plans[cache]
 
     def own_global_index(self, device: torch.device) -> torch.Tensor:
         """Positions, within this clip, of the global frames it owns."""
@@ -256,6 +314,20 @@ class _ClipState:
         return apply_group_norm(norm, x, mean, var)
 
 
+@dataclass(frozen=True)
+class _WindowPlan:
+    """One position window's share of a clip: buffer slices and positions of its queries, of their
+    local keys and of the global frames, and its mask."""
+
+    queries: slice
+    query_positions: slice
+    local: slice
+    local_positions: slice
+    global_index: torch.Tensor
+    global_positions: torch.Tensor
+    mask: torch.Tensor
+
+
 class ClipAttnProcessor:
     """Temporal self-attention over a clip-sharded frame axis (exact or dual-scope)."""
 
@@ -279,7 +351,7 @@ class ClipAttnProcessor:
             q = temporal_q(attn, hidden_states)  # computed while the gather is in flight
             mask = None
         else:
-            keys = _DualScopeKeys(state, *temporal_kv(attn, hidden_states))
+            keys = _ScopeExchange(state, temporal_kv(attn, hidden_states), 2)
             q = temporal_q(attn, hidden_states)  # computed while the exchange is in flight
             mask = state.mask(q.dtype, q.device)
         kv = keys.wait()
@@ -289,69 +361,111 @@ class ClipAttnProcessor:
         return temporal_output(attn, out, hidden_states)
 
 
-class _DualScopeKeys:
-    """``[left halo | own | right halo | global frames]`` keys and values, ``[2, N, heads, keys, d]``.
+class PositionedScopeProcessor:
+    """Dual-scope temporal attention with frame positions over a clip-sharded frame axis.
+
+    Receives the normalised tokens ``[N, frames, C]`` of this clip without positions, exchanges
+    those of the local and global frames (one exchange), then per position window adds the
+    window's positions to its queries and keys, projects and attends (:mod:`parallel.dual_scope`).
+    """
+
+    def __init__(self, state: _ClipState, positions: torch.Tensor):
+        self.state = state
+        self.positions = positions
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        check_temporal_call(attn, encoder_hidden_states, attention_mask)
+        check_positioned_call(attn)
+        tokens = _ScopeExchange(self.state, (hidden_states,), 1).wait()[0]
+        pe = self.positions.to(tokens.dtype)
+        outs = []
+        for plan in self.state.window_plans(tokens.dtype, tokens.device):
+            q = temporal_q(attn, tokens[:, plan.queries] + pe[plan.query_positions])
+            local = tokens[:, plan.local] + pe[plan.local_positions]
+            glob = tokens.index_select(1, plan.global_index) + pe.index_select(0, plan.global_positions)
+            k, v = temporal_kv(attn, torch.cat([local, glob], dim=1))
+            outs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=plan.mask, scale=attn.scale))
+        return temporal_output(attn, torch.cat(outs, dim=2), hidden_states)
+
+
+class _ScopeExchange:
+    """``[left halo | own | right halo | global frames]`` of ``tensors`` along frame axis ``dim``, stacked:
+    ``[len(tensors), ...]`` (keys and values, or the normalised tokens when positions are added later).
 
     One exchange: each neighbour gets this clip's ``local_radius`` edge frames followed by the
     global frames it owns; every other rank gets just the global frames (nothing when it owns
     none). The global frames are put in video order, this clip's own included. The exchange is
-    posted on construction, as soon as the keys exist, and this clip's own part is copied into
+    posted on construction, as soon as the tensors exist, and this clip's own part is copied into
     the one preallocated buffer at once; :meth:`wait` completes the buffer with what arrived. The
-    caller computes the queries in between, so a neighbour arriving late costs less idle time.
+    caller may compute in between, so a neighbour arriving late costs less idle time.
     """
 
-    def __init__(self, state: _ClipState, k: torch.Tensor, v: torch.Tensor):
-        comm, radius, frames = state.comm, state.config.dual_scope.local_radius, k.shape[2]
-        self._state = state
+    def __init__(self, state: _ClipState, tensors: tuple[torch.Tensor, ...], dim: int):
+        comm, radius = state.comm, state.config.dual_scope.local_radius
+        first = tensors[0]
+        frames = first.shape[dim]
+        self._state, self._dim = state, dim + 1  # the frame axis once stacked
 
-        def both(fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-            return torch.stack([fn(k), fn(v)])
+        def each(fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+            return torch.stack([fn(x) for x in tensors])
 
-        index = state.own_global_index(k.device)
-        own_global = both(lambda x: x.index_select(2, index))
+        index = state.own_global_index(first.device)
+        own_global = each(lambda x: x.index_select(dim, index))
         outgoing, incoming = {}, {}
         for peer in range(comm.size):
             if peer == comm.rank:
                 continue
             neighbour = abs(peer - comm.rank) == 1
             right = peer > comm.rank
-            parts = [both(lambda x, right=right: halo_slice(x, 2, radius, right))] if neighbour else []
-            if own_global.shape[3]:
+            parts = [each(lambda x, right=right: halo_slice(x, dim, radius, right))] if neighbour else []
+            if own_global.shape[self._dim]:
                 parts.append(own_global)
             if parts:
-                outgoing[peer] = torch.cat(parts, dim=3) if len(parts) > 1 else parts[0]
+                outgoing[peer] = torch.cat(parts, dim=self._dim) if len(parts) > 1 else parts[0]
             count = (radius if neighbour else 0) + state.global_counts[peer]
             if count:
-                incoming[peer] = (2, *k.shape[:2], count, k.shape[3])
-        self._flight = comm.start_exchange(outgoing, incoming, k, "attn_scope")
+                shape = list(own_global.shape)
+                shape[self._dim] = count
+                incoming[peer] = tuple(shape)
+        self._flight = comm.start_exchange(outgoing, incoming, first, "attn_scope")
         self._left = radius if comm.rank > 0 else 0
         self._right = radius if comm.rank < comm.size - 1 else 0
         self._frames = frames
-        kv = k.new_empty((2, *k.shape[:2], self._left + frames + self._right + len(state.global_frames), k.shape[3]))
-        kv[0, :, :, self._left : self._left + frames] = k
-        kv[1, :, :, self._left : self._left + frames] = v
+        shape = list(own_global.shape)
+        shape[self._dim] = self._left + frames + self._right + len(state.global_frames)
+        buffer = first.new_empty(shape)
+        for i, x in enumerate(tensors):
+            buffer[i].narrow(dim, self._left, frames).copy_(x)
         at = self._left + frames + self._right
         for peer, count in enumerate(state.global_counts):
             if peer == comm.rank and count:
-                kv[:, :, :, at : at + count] = own_global
+                buffer.narrow(self._dim, at, count).copy_(own_global)
             at += count
-        self._kv = kv
+        self._buffer = buffer
 
     def wait(self) -> torch.Tensor:
-        comm, radius, kv = self._state.comm, self._state.config.dual_scope.local_radius, self._kv
+        comm, radius = self._state.comm, self._state.config.dual_scope.local_radius
+        buffer, dim = self._buffer, self._dim
         received = self._flight.wait()
         left, frames, right = self._left, self._frames, self._right
         if left:
-            kv[:, :, :, :left] = received[comm.rank - 1][:, :, :, :radius]
+            buffer.narrow(dim, 0, left).copy_(received[comm.rank - 1].narrow(dim, 0, radius))
         if right:
-            kv[:, :, :, left + frames : left + frames + right] = received[comm.rank + 1][:, :, :, :radius]
+            buffer.narrow(dim, left + frames, right).copy_(received[comm.rank + 1].narrow(dim, 0, radius))
         at = left + frames + right
         for peer, count in enumerate(self._state.global_counts):
             if count and peer != comm.rank:
-                part = received[peer].narrow(3, radius if abs(peer - comm.rank) == 1 else 0, count)
-                kv[:, :, :, at : at + count] = part
+                part = received[peer].narrow(dim, radius if abs(peer - comm.rank) == 1 else 0, count)
+                buffer.narrow(dim, at, count).copy_(part)
             at += count
-        return kv
+        return buffer
 
 
 def _clip_temporal_conv(
@@ -441,7 +555,29 @@ def _agree_on_clips(comm: AxisComm, frames: range, num_frames: int, config: Clip
 
 
 def _processor_already_installed(modules: TemporalModules) -> bool:
-    return any(isinstance(attn.processor, ClipAttnProcessor) for _, attn in modules.attentions())
+    return any(
+        isinstance(attn.processor, (ClipAttnProcessor, PositionedScopeProcessor)) for _, attn in modules.attentions()
+    )
+
+
+def _global_positions(module: nn.Module, start: int, x: torch.Tensor) -> torch.Tensor:
+    """The frame-position embedding of this clip's frames at their global indices ``start..``."""
+    return x + module.pe[:, start : start + x.shape[1]]
+
+
+def _check_positions(modules: TemporalModules, num_frames: int, config: ClipParallelConfig) -> None:
+    limit = modules.frame_limit
+    if limit is None:
+        return
+    for path, module in modules.positions:
+        if position_table(path, module).shape[0] < limit:
+            raise ConfigError(f"{path}: holds fewer than the {limit} frame positions the model declares")
+    if config.mode == "exact" and num_frames > limit:
+        raise ConfigError(
+            f"video.num_frames: {num_frames} frames are more than the {limit} frame positions of this model's "
+            "temporal attention, which sees all frames at once with parallel.clip_mode: exact; render at most "
+            f"{limit} frames, or use parallel.clip_mode: dual_scope"
+        )
 
 
 def apply_clip_parallel(
@@ -467,15 +603,26 @@ def apply_clip_parallel(
         raise RuntimeError("clip parallelism is already installed on this UNet; remove it first")
     for path, layer in modules.convs:
         _check_conv_layer(path, layer)
+    _check_positions(modules, num_frames, config)
     clips = _agree_on_clips(comm, frames, num_frames, config)
     recorder = TimestepRecorder()
-    state = _ClipState(comm, clips, num_frames, config, recorder, band_comm)
+    state = _ClipState(comm, clips, num_frames, config, recorder, band_comm, modules.frame_limit)
     undo: list[Callable[[], None]] = []
     processor = ClipAttnProcessor(state)
-    for _, attn in modules.attentions():
+    positioned = config.mode == "dual_scope"
+    for path, attn in modules.attentions():
         previous = attn.processor
-        attn.set_processor(processor)
+        positions = modules.position_of(path)
+        if positions is not None and positioned:
+            attn.set_processor(PositionedScopeProcessor(state, position_table(path, positions)))
+        else:
+            attn.set_processor(processor)
         undo.append(functools.partial(attn.set_processor, previous))
+    for _, positions in modules.positions:
+        if positioned:
+            undo.append(without_positions(positions))
+        else:
+            undo.append(patch_forward(positions, functools.partial(_global_positions, positions, frames.start)))
     for _, layer in modules.convs:
         undo.append(patch_forward(layer, functools.partial(_clip_temporal_conv, layer, state)))
     if config.exact_groupnorm:

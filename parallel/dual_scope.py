@@ -21,6 +21,27 @@ plumbing shared with the clip-parallel processors, and a **single-process refere
 the same masks over the full frame sequence of one UNet call. The clip-parallel dual-scope mode
 (``parallel.clip``) must reproduce the reference exactly. With ``local_groupnorm_clips`` the
 reference also reproduces clip-local GroupNorm statistics (see :func:`apply_dual_scope_reference`).
+
+**Frame positions.** Some temporal attentions (AnimateDiff's motion modules) add a sinusoidal
+position ``pe[p]`` to each frame's normalised tokens before the Q/K/V projections, for ``p`` below
+the model's limit ``L`` (``motion_max_seq_length``). Dual-scope attention then gives every key a
+position within the key set of the query's *position window*:
+
+- the video is cut into the fewest windows ``w_1..w_n`` (contiguous runs of ``F`` frames, the
+  first ``F mod n`` one frame longer) such that every window's key set
+  ``S_w = {j : w.start - radius <= j < w.stop + radius, 0 <= j < F} | G`` (``G`` the global
+  frames) holds at most ``L`` frames (:func:`position_windows`);
+- a query at frame ``i`` in window ``w`` and each key ``j`` it sees (local and global scope as
+  above) are projected from ``h_j + pe[rank of j in S_w]``, the frames of ``S_w`` numbered in
+  video order.
+
+With ``F <= L`` there is one window and every frame keeps its own index, so within the limit this
+is plain dual-scope attention with the model's own positions. The windows depend on ``F``,
+``radius``, ``count`` and ``L`` alone, not on how frames are split over clip workers, so the clip
+workers reproduce the single-process reference on any number of workers. Every window contains
+each of its frames' one-frame key sets, so a configuration fits at all exactly when
+``{i - radius..i + radius} | G`` fits for every frame ``i`` (always when
+``2 * radius + 1 + count <= L``); otherwise it is refused naming the keys to lower.
 """
 
 from __future__ import annotations
@@ -34,6 +55,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
+from diffusers.models.embeddings import SinusoidalPositionalEmbedding
 from diffusers.models.resnet import TemporalConvLayer
 from torch import nn
 
@@ -46,17 +68,23 @@ __all__ = [
     "TimestepRecorder",
     "apply_dual_scope_reference",
     "apply_group_norm",
+    "check_positioned_call",
     "check_temporal_call",
     "dual_scope_mask",
     "global_frame_indices",
     "group_norm_with_stats_of",
     "group_stats",
+    "key_set",
+    "local_key_range",
     "patch_forward",
+    "position_table",
+    "position_windows",
     "scope_biases",
     "temporal_output",
     "temporal_kv",
     "temporal_q",
     "temporal_qkv",
+    "without_positions",
 ]
 
 
@@ -92,6 +120,68 @@ def global_frame_indices(num_frames: int, count: int) -> list[int]:
     if count >= num_frames:
         return list(range(num_frames))
     return [((2 * m + 1) * num_frames) // (2 * count) for m in range(count)]
+
+
+def local_key_range(queries: range, num_frames: int, radius: int) -> range:
+    """The frames within ``radius`` of some frame of ``queries`` that exist: the local keys they may see."""
+    return range(max(0, queries.start - radius), min(num_frames, queries.stop + radius))
+
+
+def key_set(window: range, num_frames: int, radius: int, global_frames: Sequence[int]) -> list[int]:
+    """``S_w``: the local keys of ``window``'s queries and the global frames, each once, in video order.
+
+    A frame's position inside a window is its index in this list.
+    """
+    return sorted(set(local_key_range(window, num_frames, radius)) | set(global_frames))
+
+
+def _even_split(num_frames: int, n: int) -> list[range]:
+    shortest, extra = divmod(num_frames, n)
+    bounds = [0]
+    for i in range(n):
+        bounds.append(bounds[-1] + shortest + (1 if i < extra else 0))
+    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def position_windows(num_frames: int, config: DualScopeConfig, limit: int) -> list[range]:
+    """The fewest equal windows whose key sets hold at most ``limit`` frames (see the module docstring).
+
+    Raises :class:`ConfigError` naming ``parallel.dual_scope.local_radius`` and
+    ``parallel.dual_scope.global_frames`` when even one-frame windows do not fit.
+    """
+    glob = global_frame_indices(num_frames, config.global_frames)
+
+    def widest(windows: list[range]) -> int:
+        return max(len(key_set(w, num_frames, config.local_radius, glob)) for w in windows)
+
+    worst = widest(_even_split(num_frames, num_frames))
+    if worst > limit:
+        r, g = config.local_radius, config.global_frames
+        raise ConfigError(
+            f"parallel.dual_scope: with local_radius {r} and global_frames {g}, one frame's keys (its "
+            f"{2 * r + 1}-frame local window and the global frames) span {worst} frames, more than the {limit} "
+            "frame positions of this model's temporal attention; lower parallel.dual_scope.local_radius or "
+            f"parallel.dual_scope.global_frames (2 * local_radius + 1 + global_frames <= {limit} always fits; "
+            "the number of clip workers, parallel.clip, does not change this)"
+        )
+    for n in range(max(1, -(-num_frames // limit)), num_frames + 1):
+        windows = _even_split(num_frames, n)
+        if widest(windows) <= limit:
+            return windows
+    raise AssertionError("one-frame windows fit, so some split does")
+
+
+def position_table(path: str, module: nn.Module) -> torch.Tensor:
+    """``pe`` ``[limit, C]`` of a frame-position embedding that adds ``pe[p]`` to the frame at position ``p``."""
+    if not isinstance(module, SinusoidalPositionalEmbedding):
+        raise ConfigError(f"{path}: {type(module).__name__} frame positions are not ones clip sharding knows")
+    return module.pe[0]
+
+
+def check_positioned_call(attn: Attention) -> None:
+    """Positions are added to the attention's input here, so its output may not add that input back."""
+    if attn.residual_connection:
+        raise ValueError("positioned temporal attention supports no residual connection inside Attention")
 
 
 def dual_scope_mask(
@@ -251,9 +341,16 @@ def group_norm_with_stats_of(norm: nn.GroupNorm, x: torch.Tensor, own: slice) ->
 
 
 class _ReferenceState:
-    def __init__(self, config: DualScopeConfig, recorder: TimestepRecorder):
+    def __init__(self, config: DualScopeConfig, recorder: TimestepRecorder, limit: int | None = None):
         self.config = config
         self.recorder = recorder
+        self.limit = limit
+        self._windows: dict[int, list[range]] = {}
+
+    def windows(self, num_frames: int) -> list[range]:
+        if num_frames not in self._windows:
+            self._windows[num_frames] = position_windows(num_frames, self.config, self.limit)
+        return self._windows[num_frames]
 
     def mask(self, num_frames: int, dtype: torch.dtype, device: torch.device) -> tuple[list[int], torch.Tensor]:
         cfg = self.config
@@ -288,6 +385,49 @@ class _ReferenceProcessor:
         v = torch.cat([v, v.index_select(2, index)], dim=2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale)
         return temporal_output(attn, out, hidden_states)
+
+
+class _PositionedReferenceProcessor:
+    """Dual-scope attention with frame positions over the whole video, one position window at a time.
+
+    For window ``w``: the tokens of ``S_w`` plus ``pe[0..|S_w|)``; queries are ``w``'s frames, keys
+    the local keys of ``w`` then the global frames, masked as :func:`dual_scope_mask` says.
+    """
+
+    def __init__(self, state: _ReferenceState, positions: torch.Tensor):
+        self.state = state
+        self.positions = positions
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        check_temporal_call(attn, encoder_hidden_states, attention_mask)
+        check_positioned_call(attn)
+        cfg, num_frames = self.state.config, hidden_states.shape[1]
+        glob = global_frame_indices(num_frames, cfg.global_frames)
+        biases = scope_biases(cfg, self.state.recorder.current())
+        pe = self.positions.to(hidden_states.dtype)
+        outs = []
+        for window in self.state.windows(num_frames):
+            keys = key_set(window, num_frames, cfg.local_radius, glob)
+            slot = {frame: p for p, frame in enumerate(keys)}
+            x = hidden_states[:, keys] + pe[: len(keys)]
+            local = local_key_range(window, num_frames, cfg.local_radius)
+            q = temporal_q(attn, x[:, [slot[i] for i in window]])
+            k, v = temporal_kv(attn, x[:, [slot[j] for j in (*local, *glob)]])
+            mask = dual_scope_mask(window, local, glob, cfg.local_radius, *biases, dtype=q.dtype, device=q.device)
+            outs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale))
+        return temporal_output(attn, torch.cat(outs, dim=2), hidden_states)
+
+
+def without_positions(module: nn.Module) -> Callable[[], None]:
+    """Make a frame-position embedding the identity (the attention adds positions itself); returns the undo."""
+    return patch_forward(module, lambda x: x)
 
 
 def _check_tiling(clips: Sequence[range], num_frames: int) -> None:
@@ -359,16 +499,23 @@ def apply_dual_scope_reference(
     GroupNorm variant does: ``TransformerTemporalModel.norm`` per clip, and the GroupNorms in
     ``TemporalConvLayer`` per clip on a window of the clip plus the conv halo. Without it they
     are the model's own, whole-video GroupNorms. ``modules``: the temporal modules as the model's family
-    finds them (default: UNet3D's).
+    finds them (default: UNet3D's). Attentions with frame positions get them per position window
+    (module docstring), so a video longer than the model's limit runs on one process as well.
     """
     modules = modules if modules is not None else find_temporal_modules(unet)
     recorder = TimestepRecorder()
-    state = _ReferenceState(config, recorder)
+    state = _ReferenceState(config, recorder, modules.frame_limit)
     undo: list[Callable[[], None]] = []
-    for _, attn in modules.attentions():
+    for path, attn in modules.attentions():
         previous = attn.processor
-        attn.set_processor(_ReferenceProcessor(state))
+        positions = modules.position_of(path)
+        if positions is None:
+            attn.set_processor(_ReferenceProcessor(state))
+        else:
+            attn.set_processor(_PositionedReferenceProcessor(state, position_table(path, positions)))
         undo.append(functools.partial(attn.set_processor, previous))
+    for _, positions in modules.positions:
+        undo.append(without_positions(positions))
     if local_groupnorm_clips is not None:
         clips = list(local_groupnorm_clips)
         for _, transformer in modules.transformers:

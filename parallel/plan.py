@@ -43,7 +43,7 @@ from parallel.step import check_sampler, step_schedule
 from videogen.config import JobConfig
 from videogen.errors import ConfigError, ModelLoadError, VideogenError
 from videogen.models.family import LatentGeometry, ModelFamily
-from videogen.models.loader import COMPONENTS, DTYPES, component_config, component_dir, model_family
+from videogen.models.loader import DTYPES, component_config, component_dir, model_components, model_family
 
 SETUP_KINDS = frozenset({"setup", "resume", "image_latent", "report"})
 """Exchanges made once per render, outside the denoising loop."""
@@ -114,7 +114,7 @@ def preflight_errors(job: JobConfig, resume: bool = False) -> list[VideogenError
     from videogen.pipeline import check_inputs, check_model_limits, check_output
 
     errors: list[VideogenError] = []
-    for component in COMPONENTS:
+    for component in model_components(job.model):
         _collect(errors, functools.partial(component_dir, job.model, component))
         if errors:
             break  # one missing folder is enough to say

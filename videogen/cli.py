@@ -22,8 +22,8 @@ overrides are section.key=value pairs merged over the job file, e.g.
 
 sections and keys (see configs/ and README.md for every default):
   model     path (folder or 'tiny'), family (auto or a name), unet, vae, text_encoder, tokenizer, scheduler,
-            dtype (fp32|fp16|bf16), device (auto|cpu|cuda[:N]), attention (sdpa|xformers),
-            prediction_type (auto|epsilon|v_prediction)
+            motion_adapter (AnimateDiff), dtype (fp32|fp16|bf16), device (auto|cpu|cuda[:N]),
+            attention (sdpa|xformers), prediction_type (auto|epsilon|v_prediction)
   prompts   text, negative, schedule (list of {text, start, end}; start/end a frame, a share 0.5 or 50%),
             blend_frames
   video     width, height (multiples of 8), num_frames, fps

@@ -35,7 +35,9 @@ class ModelConfig:
     taken from another folder (the VideoCrafter2 recipe: UNet from one folder, VAE and text
     encoder from zeroscope); such a folder holds the component's files directly or in a
     subfolder of the component's name. ``family`` names the model family
-    (:mod:`videogen.models.family`); ``auto`` picks the one that claims the UNet.
+    (:mod:`videogen.models.family`); ``auto`` picks the one that claims the UNet. ``motion_adapter``
+    is an AnimateDiff ``MotionAdapter`` folder to pair with a Stable Diffusion UNet (by default a
+    ``motion_adapter/`` subfolder of ``path``, where one is needed).
     """
 
     path: str = MISSING
@@ -45,6 +47,7 @@ class ModelConfig:
     text_encoder: str | None = None
     tokenizer: str | None = None
     scheduler: str | None = None
+    motion_adapter: str | None = None
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
     device: str = "auto"
     attention: Literal["sdpa", "xformers"] = "sdpa"
@@ -732,7 +735,7 @@ def job_problems(job: JobConfig) -> list[tuple[str, str]]:
     return _problems(job)
 
 
-MODEL_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+MODEL_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "motion_adapter")
 
 
 def _stale_components(loaded: LoadedJob) -> list[tuple[str, str]]:

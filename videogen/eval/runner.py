@@ -71,9 +71,9 @@ def progress_line(done: int, total: int, plan: RenderPlan, row: VideoRow) -> str
 def check_before_rendering(job: EvalJob, plans: list[RenderPlan]) -> None:
     """What can fail before any weights load: the model's component folders, each parallel suite's
     frame split. Raises :class:`~videogen.errors.VideogenError` naming the key."""
-    from videogen.models.loader import COMPONENTS, component_dir
+    from videogen.models.loader import component_dir, model_components
 
-    for component in COMPONENTS:
+    for component in model_components(job.model):
         component_dir(job.model, component)
     checked: set[str] = set()
     for plan in plans:

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 BUILTIN: dict[str, str] = {
     "unet3d": "videogen.models.families.unet3d",
     "videocrafter2": "videogen.models.families.videocrafter2",
+    "animatediff": "videogen.models.families.animatediff",
 }
 """Built-in family name -> the module that registers it (imported on first use)."""
 

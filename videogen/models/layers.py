@@ -56,6 +56,12 @@ class TemporalModules:
     def paths(self) -> tuple[str, ...]:
         return tuple(path for path, _ in (*self.convs, *self.transformers))
 
+    def position_of(self, attention_path: str) -> nn.Module | None:
+        """The frame-position embedding added to the input of the attention at ``attention_path``
+        (its transformer block's ``pos_embed``), or None when that block has none."""
+        block = attention_path.rpartition(".")[0]
+        return dict(self.positions).get(f"{block}.pos_embed")
+
 
 def find_temporal_modules(
     unet: nn.Module,

@@ -29,6 +29,9 @@ from videogen.models.bundled import model_root
 from videogen.models.family import LatentGeometry, ModelFamily, detect_family, family_named, read_model_index
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+"""The components every model has."""
+OPTIONAL_COMPONENTS = ("motion_adapter",)
+"""Components only some families read (``model.motion_adapter``: AnimateDiff's adapter)."""
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
@@ -80,6 +83,11 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"model.device: {name} asked for, but this machine has no usable CUDA device")
     return device
+
+
+def model_components(cfg: ModelConfig) -> tuple[str, ...]:
+    """The components to look for before loading: every model's, and the optional ones ``cfg`` names."""
+    return COMPONENTS + tuple(name for name in OPTIONAL_COMPONENTS if getattr(cfg, name) is not None)
 
 
 def _has_component_files(folder: Path, component: str) -> bool:
