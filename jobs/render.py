@@ -1,7 +1,7 @@
 """Ray job entrypoint: render a YAML job on the cluster the job was submitted to.
 
     ray job submit --address http://HEAD:8265 --working-dir . --runtime-env jobs/runtime_env.yaml \\
-        -- python -m jobs.render configs/long_video.yaml model.path=/models/vc2 [--resume]
+        -- python -m jobs.render configs/long_video.yaml model.unet=/models/vc2_unet [--resume]
 
 Inside a submitted job Ray sets ``RAY_ADDRESS``, so the workers join the cluster that runs the
 job; the arguments are those of ``videogen render``.

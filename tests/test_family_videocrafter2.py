@@ -122,15 +122,13 @@ def test_zeroscope_style_split_layouts_load_and_render_like_the_full_folder(
     assert torch.equal(_single(split), _single(vc2_job()))
 
 
-def test_conversion_saved_as_unet3d_with_fps_cond_needs_the_family_named(tmp_path, vc2_unet_dir, tiny_model_dir):
+def test_conversion_saved_as_unet3d_with_fps_cond_is_videocrafter2(tmp_path, vc2_unet_dir, tiny_model_dir):
     folder = tmp_path / "as_unet3d"
     shutil.copytree(vc2_unet_dir, folder)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "_class_name": "UNet3DConditionModel"}))
     cfg = ModelConfig(path=str(tiny_model_dir), unet=str(folder))
-    with pytest.raises(ModelLoadError, match="claimed by unet3d, videocrafter2; set model.family"):
-        model_family(cfg)
-    cfg.family = "videocrafter2"
+    assert model_family(cfg).name == "videocrafter2"
     unet = load_bundle(cfg).unet
     assert type(unet) is UNetVideoCrafter
     assert torch.equal(unet.fps_embedding.linear_2.weight, tiny_videocrafter_unet().fps_embedding.linear_2.weight)

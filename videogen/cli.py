@@ -27,7 +27,7 @@ sections and keys (see configs/ and README.md for every default):
   prompts   text, negative, schedule (list of {text, start, end}; start/end a frame, a share 0.5 or 50%),
             blend_frames
   video     width, height (multiples of 8), num_frames, fps
-  sampler   name (auto = the family's usual one|ddim|euler|dpmpp|unipc), steps, guidance_scale, eta,
+  sampler   name (auto = the family's usual one|ddim|euler|dpmpp|unipc|dpmpp_sde), steps, guidance_scale, eta,
             checkpoint_every
   noise     seed (-1 draws one), kind (gaussian|warped), warped (motion: see docs/warped_noise.md)
   image     path (first frame: image-to-video), resize, strength, schedule, weight_first, weight_floor,

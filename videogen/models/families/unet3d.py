@@ -10,6 +10,7 @@ in its time embedding (``time_cond_proj_dim``, :mod:`videogen.models.text_condit
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, UNet3DConditionModel
@@ -23,6 +24,10 @@ class UNet3DFamily(ModelFamily):
     name = "unet3d"
     description = "UNet3DConditionModel (ModelScope, zeroscope, the bundled models)"
     unet_class_names = ("UNet3DConditionModel",)
+
+    def claims(self, unet_config: dict[str, Any], model_index: dict[str, Any] | None, cfg: ModelConfig) -> bool:
+        """A UNet3D config, unless it asks for fps conditioning (a VideoCrafter2 UNet saved under the base class)."""
+        return super().claims(unet_config, model_index, cfg) and not unet_config.get("fps_cond")
 
     def unet_class(self) -> type[UNet3DConditionModel]:
         return UNet3DConditionModel
