@@ -23,6 +23,7 @@ from parallel.comm import AxisComm
 from parallel.compose import MeshWorker, mesh_slot, setup_mesh_worker
 from parallel.job_plan import clip_config, job_clips, patch_config, plan_of, step_config
 from parallel.patch_vae import decode_method, frame_share
+from parallel.svd_decode import decode_context, segment_window
 from videogen.checkpoint import checkpoint_dir, checkpoint_steps
 from videogen.config import JobConfig
 from videogen.errors import VideogenError
@@ -92,13 +93,17 @@ def decode_share(worker: MeshWorker, job: JobConfig) -> range | None:
     return worker.frames if patch.rank == 0 else None
 
 
-def _write_segment(job: JobConfig, bundle, latents: torch.Tensor, clip: range, share: range) -> None:
-    """Frames ``share`` (global indices, within ``clip``) as ``seg_<first frame>.mp4`` or a PNG folder."""
+def _write_segment(job: JobConfig, worker: MeshWorker, latents: torch.Tensor, share: range) -> None:
+    """Frames ``share`` (global indices, within the worker's clip) as ``seg_<first frame>.mp4`` or a PNG
+    folder. A temporal decoder gets its family's ``decode_halo`` latent frames of context on each side,
+    from the neighbouring clips where the share meets one (:mod:`parallel.svd_decode`)."""
     directory = segments_dir(job)
     directory.mkdir(parents=True, exist_ok=True)
     suffix = ".mp4" if Path(job.output.path).suffix else ""
-    part = latents[:, :, share.start - clip.start : share.stop - clip.start]
-    decode_to(job, bundle, part, directory / f"seg_{share.start:06d}{suffix}")
+    halo = worker.bundle.family.decode_halo(job) or 0
+    latents, context = decode_context(worker.comms["clip"], latents, halo)
+    window, keep = segment_window(worker.frames, context, share, halo)
+    decode_to(job, worker.bundle, latents[:, :, window], directory / f"seg_{share.start:06d}{suffix}", keep)
 
 
 def _join_png_segments(segments: list[Path], target: Path) -> int:
@@ -214,7 +219,7 @@ def render_worker(
     note("decode", job.sampler.steps)
     share = decode_share(worker, job)
     if share is not None:
-        _write_segment(job, worker.bundle, latents, worker.frames, share)
+        _write_segment(job, worker, latents, share)
     clock.lap("decode")
     traffic = {
         f"{axis}.{kind}": asdict(t)

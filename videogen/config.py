@@ -238,6 +238,26 @@ class OutputConfig:
 
 
 @dataclass
+class SvdSection:
+    """Stable Video Diffusion's conditioning (``model.family: svd``, docs/svd.md); diffusers' defaults.
+
+    ``fps``, ``motion_bucket_id`` and ``noise_aug_strength`` are the UNet's added time ids (it sees
+    ``fps - 1``; the image is encoded with ``noise_aug_strength`` of Gaussian noise added). Guidance rises
+    linearly over the frames from ``min_guidance_scale`` to ``max_guidance_scale`` (``sampler.guidance_scale``
+    is not used). ``image_prior``: fuse TRIP's image noise prior (the ``image:`` keys) into the output too.
+    ``decode_halo``: latent frames of context each side of every decoded chunk or clip.
+    """
+
+    fps: int = 7
+    motion_bucket_id: int = 127
+    noise_aug_strength: float = 0.02
+    min_guidance_scale: float = 1.0
+    max_guidance_scale: float = 3.0
+    image_prior: bool = False
+    decode_halo: int = 4
+
+
+@dataclass
 class JobConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
@@ -245,6 +265,7 @@ class JobConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     image: ImageToVideoSpec = field(default_factory=ImageToVideoSpec)
+    svd: SvdSection = field(default_factory=SvdSection)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -474,6 +495,7 @@ def _problems(job: JobConfig) -> list[tuple[str, str]]:
         out.append(("noise.seed", f"{job.noise.seed}: a seed is >= 0, or -1 to draw one"))
     out.extend(_parallel_problems(job))
     out.extend((f"image.{key}", message) for key, message in i2v_problems(job.image))
+    out.extend(_svd_problems(job.svd))
     if job.noise.kind == "warped":
         try:
             validate_warped_spec(job.noise.warped)
@@ -491,12 +513,28 @@ def _problems(job: JobConfig) -> list[tuple[str, str]]:
         out.append(("output.decode_chunk_frames", f"{o.decode_chunk_frames}: must be >= 1"))
     if p.text and p.schedule:
         out.append(("prompts.schedule", "give either prompts.text or prompts.schedule, not both"))
-    if not p.text and not p.schedule:
-        out.append(("prompts.text", "a prompt is required (prompts.text or prompts.schedule)"))
+    if not p.text and not p.schedule and job.model.family != "svd":
+        out.append(
+            (
+                "prompts.text",
+                "a prompt is required (prompts.text or prompts.schedule); Stable Video Diffusion reads none: "
+                "set model.family: svd",
+            )
+        )
     if p.blend_frames < 0:
         out.append(("prompts.blend_frames", f"{p.blend_frames}: must be >= 0"))
     if p.schedule and v.num_frames >= 1:
         out.extend(_schedule_problems(p, v.num_frames))
+    return out
+
+
+def _svd_problems(s: SvdSection) -> list[tuple[str, str]]:
+    out = []
+    if s.fps < 1:
+        out.append(("svd.fps", f"{s.fps}: frames per second must be >= 1"))
+    for key in ("motion_bucket_id", "noise_aug_strength", "min_guidance_scale", "max_guidance_scale", "decode_halo"):
+        if getattr(s, key) < 0:
+            out.append((f"svd.{key}", f"{getattr(s, key)}: must be >= 0"))
     return out
 
 

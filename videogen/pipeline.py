@@ -14,7 +14,7 @@ import os
 import platform
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -59,7 +59,6 @@ from videogen.noise.image_prior import (
     prediction_form,
 )
 from videogen.noise.warped_latents import warped_latent_noise
-from videogen.prompts import build_text_context
 from videogen.sampling import Denoiser, ProgressHook, StepHook, make_scheduler, restore_scheduler_state, run_steps
 
 Installer = Callable[[torch.nn.Module, Denoiser], Callable[[], None]]
@@ -144,8 +143,17 @@ def slot_frames(job: JobConfig, slot: WorkerSlot) -> range:
 
 
 def check_size(job: JobConfig, bundle: ModelBundle) -> None:
+    _check_family(job, bundle.family)
     _check_multiple(job, bundle.geometry)
     _check_frame_limit(job, bundle.family, dict(bundle.unet.config))
+
+
+def _check_family(job: JobConfig, family: ModelFamily) -> None:
+    """The first job setting the model's family cannot render, as a :class:`ConfigError` naming its key."""
+    problems = family.job_problems(job)
+    if problems:
+        key, problem = problems[0]
+        raise ConfigError.of(key, problem)
 
 
 def _check_multiple(job: JobConfig, geometry) -> None:
@@ -264,19 +272,20 @@ def denoise(
     Returns (latents, model evaluations, resumed step).
     """
     frames = slot_frames(job, slot)
-    text = build_text_context(bundle.tokenizer, bundle.text_encoder, job.prompts, job.video.num_frames, frames)
-    frame_context = FrameContext() if text.per_frame else None
     family, unet = bundle.family, bundle.unet
+    text = family.condition(bundle, job, seed, frames, slot.share)
+    frame_context = FrameContext() if text.per_frame else None
     keys = family.cross_attention_keys(unet)
     remove_context = install_frame_context(unet, frame_context, keys) if frame_context else None
     inputs = functools.partial(family.unet_inputs, unet, job=job)
-    denoiser = Denoiser(unet, text, job.sampler.guidance_scale, frame_context, inputs)
+    call = family.unet_call(unet, job, text)
+    denoiser = Denoiser(unet, text, family.guidance(job, frames), frame_context, inputs, call)
     remove_parallel = slot.install(bundle.unet, denoiser) if slot.install else None
     try:
         scheduler = make_scheduler(sampler_name(job, bundle.family), bundle.scheduler_config, job.model.prediction_type)
         scheduler.set_timesteps(job.sampler.steps, device=bundle.device)
         hooks = list(slot.hooks)
-        if job.image.path is not None:
+        if family.uses_image_prior(job):
             latents, start, prior_hook = image_prior(job, bundle, scheduler, seed, slot)
             hooks.append(prior_hook)
         else:
@@ -310,10 +319,29 @@ def denoise(
     return latents, denoiser.evaluations, resume_from
 
 
-def decode_to(job: JobConfig, bundle: ModelBundle, latents: torch.Tensor, output: Path) -> int:
-    """Decode ``latents`` chunk by chunk into ``output``; returns the number of frames written."""
+def decode_video(
+    job: JobConfig, bundle: ModelBundle, latents: torch.Tensor, context: tuple[int, int] = (0, 0)
+) -> Iterator[torch.Tensor]:
+    """Frames ``(n, H, W, 3)`` in [0, 1], ``output.decode_chunk_frames`` at a time, as the model family decodes.
+
+    ``context``: that many first and last latent frames are a temporal decoder's context from the
+    neighbouring clips, not frames to write (a per-frame VAE gets none).
+    """
+    family = bundle.family
+    halo = family.decode_halo(job)
+    if halo is None:
+        return decode_chunks(bundle.vae, latents, job.output.decode_chunk_frames)
+    decode = functools.partial(family.decode, bundle.vae)
+    return decode_chunks(bundle.vae, latents, job.output.decode_chunk_frames, decode, halo, context)
+
+
+def decode_to(
+    job: JobConfig, bundle: ModelBundle, latents: torch.Tensor, output: Path, context: tuple[int, int] = (0, 0)
+) -> int:
+    """Decode ``latents`` chunk by chunk into ``output`` (``context`` as in :func:`decode_video`); returns
+    the number of frames written."""
     with open_sink(output, job.video.fps, job.output.crf) as sink:
-        for chunk in decode_chunks(bundle.vae, latents, job.output.decode_chunk_frames):
+        for chunk in decode_video(job, bundle, latents, context):
             sink.write(to_uint8(chunk))
         return sink.frames_written
 
@@ -375,6 +403,7 @@ def check_model_limits(job: JobConfig) -> None:
     if unet is None or vae is None:
         return
     family = model_family(job.model)
+    _check_family(job, family)
     try:
         geometry = family.geometry(unet, vae)
         first_width = int(unet["block_out_channels"][0])
@@ -431,8 +460,7 @@ def render_frames(job: JobConfig, *, bundle: ModelBundle | None = None, progress
     check_inputs(job)
     bundle = prepare_bundle(job, bundle)
     latents, _, _ = denoise(job, bundle, seed, WorkerSlot(), progress=progress)
-    chunks = decode_chunks(bundle.vae, latents, job.output.decode_chunk_frames)
-    return np.concatenate([to_uint8(chunk) for chunk in chunks])
+    return np.concatenate([to_uint8(chunk) for chunk in decode_video(job, bundle, latents)])
 
 
 def render(

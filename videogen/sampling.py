@@ -75,6 +75,11 @@ class StepHook:
 UnetInputs = Callable[[torch.Tensor], dict[str, Any]]
 """``context -> keyword inputs of a UNet call`` (:meth:`videogen.models.family.ModelFamily.unet_inputs`)."""
 
+UnetCall = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, tuple[str, ...]], torch.Tensor]
+"""``(sample, timestep, context, branches) -> output``: one UNet call as the model family makes it
+(:meth:`videogen.models.family.ModelFamily.unet_call`), on ``(B, C, F, h, w)`` tensors whose batch
+entries are the guidance ``branches`` (``"uncond"``, ``"cond"``) in order."""
+
 
 def _context_only(context: torch.Tensor) -> dict[str, Any]:
     return {"encoder_hidden_states": context}
@@ -83,8 +88,10 @@ def _context_only(context: torch.Tensor) -> dict[str, Any]:
 class Denoiser:
     """Guided model output for a frame slice: ``o_u + s (o_c - o_u)``, batched as ``[uncond, cond]``.
 
-    ``inputs(context)`` gives the UNet's keyword inputs for a text context (the model family's
-    conditioning: cross-attention states, a pooled caption, fps, ...). ``before_call(t)`` callbacks run
+    ``s`` is one number or a tensor that broadcasts over the latents (per frame: ``(1, 1, F, 1, 1)``);
+    guidance is on when any of it exceeds 1. ``inputs(context)`` gives the UNet's keyword inputs for a
+    text context (the model family's conditioning: cross-attention states, a pooled caption, fps, ...);
+    ``call``, when given, replaces the whole UNet call (:data:`UnetCall`). ``before_call(t)`` callbacks run
     before every UNet call (e.g. a timestep-dependent attention schedule in a parallel mode).
     :meth:`branch` evaluates one guidance branch alone (CFG and ParaStep warm-up splitting), :meth:`guide`
     combines two.
@@ -96,12 +103,14 @@ class Denoiser:
         self,
         unet: torch.nn.Module,
         text: TextContext,
-        guidance_scale: float,
+        guidance_scale: float | torch.Tensor,
         frame_context: FrameContext | None = None,
         inputs: UnetInputs | None = None,
+        call: UnetCall | None = None,
     ):
         self.unet = unet
         self.inputs = inputs or _context_only
+        self.call = call or self._call_unet
         self.dtype = next(unet.parameters()).dtype  # ModelMixin.dtype walks every parameter
         self.text = text
         self.guidance_scale = guidance_scale
@@ -113,7 +122,7 @@ class Denoiser:
 
     @property
     def guided(self) -> bool:
-        return self.guidance_scale > 1.0
+        return bool((torch.as_tensor(self.guidance_scale) > 1.0).any())
 
     def _context(self, num_frames: int) -> torch.Tensor:
         cond, uncond = self.text.cond, self.text.uncond
@@ -141,15 +150,25 @@ class Denoiser:
 
     def guide(self, uncond: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """``o_u + s (o_c - o_u)``."""
-        return uncond + self.guidance_scale * (cond - uncond)
+        scale = self.guidance_scale
+        if isinstance(scale, torch.Tensor):
+            scale = scale.to(device=uncond.device, dtype=uncond.dtype)
+        return uncond + scale * (cond - uncond)
 
-    def _unet(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def _call_unet(
+        self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor, branches: tuple[str, ...]
+    ) -> torch.Tensor:
+        return self.unet(sample, timestep, **self.inputs(context)).sample
+
+    def _unet(
+        self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor, branches: tuple[str, ...]
+    ) -> torch.Tensor:
         """One counted UNet call, after the ``before_call`` callbacks."""
         for callback in self.before_call:
             callback(timestep)
-        output = self.unet(sample.to(self.dtype), timestep, **self.inputs(context.to(dtype=self.dtype)))
+        output = self.call(sample.to(self.dtype), timestep, context.to(dtype=self.dtype), branches)
         self.evaluations += 1
-        return output.sample
+        return output
 
     @torch.no_grad()
     def branch(self, latents: torch.Tensor, timestep: torch.Tensor, branch: str) -> torch.Tensor:
@@ -159,12 +178,13 @@ class Denoiser:
         batch of two round differently, by about 1e-6).
         """
         context = self._branch_context(branch, latents.shape[2])
-        return self._unet(latents, timestep, context).to(latents.dtype)
+        return self._unet(latents, timestep, context, (branch,)).to(latents.dtype)
 
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         model_in = torch.cat([latents, latents]) if self.guided else latents
-        output = self._unet(model_in, timestep, self._context(latents.shape[2])).to(latents.dtype)
+        branches = self.BRANCHES if self.guided else ("cond",)
+        output = self._unet(model_in, timestep, self._context(latents.shape[2]), branches).to(latents.dtype)
         if not self.guided:
             return output
         uncond, cond = output.chunk(2)

@@ -43,11 +43,14 @@ if TYPE_CHECKING:
     from videogen.config import JobConfig, ModelConfig
     from videogen.models.layers import SpatialModules, TemporalModules
     from videogen.models.loader import ModelBundle
+    from videogen.prompts import TextContext
+    from videogen.sampling import UnetCall
 
 BUILTIN: dict[str, str] = {
     "unet3d": "videogen.models.families.unet3d",
     "videocrafter2": "videogen.models.families.videocrafter2",
     "animatediff": "videogen.models.families.animatediff",
+    "svd": "videogen.models.families.svd",
 }
 """Built-in family name -> the module that registers it (imported on first use)."""
 
@@ -89,6 +92,8 @@ class ModelFamily:
     parallelize: Mapping[str, str] = DEFAULT_PARALLELIZE
     default_sampler: str = "ddim"
     """The scheduler ``sampler.name: auto`` becomes (a name of :data:`videogen.sampling.SCHEDULERS`)."""
+    components: tuple[str, ...] | None = None
+    """The component folders checked before any weights load; None for :data:`videogen.models.loader.COMPONENTS`."""
 
     # -- choosing the family -----------------------------------------------------------------------
 
@@ -132,6 +137,50 @@ class ModelFamily:
         from videogen.models.text_condition import unet_text_kwargs
 
         return unet_text_kwargs(unet, context)
+
+    def condition(
+        self,
+        bundle: ModelBundle,
+        job: JobConfig,
+        seed: int,
+        frames: range,
+        share: Callable[[torch.Tensor], torch.Tensor],
+    ) -> TextContext:
+        """The conditional and unconditional contexts of the worker rendering ``frames``: the prompts' CLIP
+        text embeddings. ``share`` gives every worker rank 0's copy of a tensor (call it on every rank alike)."""
+        from videogen.prompts import build_text_context
+
+        return build_text_context(bundle.tokenizer, bundle.text_encoder, job.prompts, job.video.num_frames, frames)
+
+    def unet_call(self, unet: nn.Module, job: JobConfig, context: TextContext) -> UnetCall | None:
+        """How the denoiser calls the UNet, ``(sample, timestep, context, branches) -> output`` on
+        ``(B, C, F, h, w)`` tensors, for a ``context`` from :meth:`condition`; None for
+        ``unet(sample, timestep, **unet_inputs(unet, context, job)).sample``."""
+        return None
+
+    def guidance(self, job: JobConfig, frames: range) -> float | torch.Tensor:
+        """The classifier-free guidance scale of the global ``frames``: one number, or one per frame
+        shaped ``(1, 1, len(frames), 1, 1)``."""
+        return job.sampler.guidance_scale
+
+    def uses_image_prior(self, job: JobConfig) -> bool:
+        """Whether TRIP's image noise prior shapes the render (docs/i2v.md): whenever an image is given."""
+        return job.image.path is not None
+
+    def job_problems(self, job: JobConfig) -> list[tuple[str, str]]:
+        """``(key, what is wrong)`` for each job setting this family cannot render (checked before weights load)."""
+        return []
+
+    # -- decoding --------------------------------------------------------------------------------
+
+    def decode(self, vae: nn.Module, z: torch.Tensor) -> torch.Tensor:
+        """Pixels ``(n, 3, H, W)`` in [-1, 1] of ``z`` ``(n, C, h, w)`` (latents over the scaling factor)."""
+        return vae.decode(z).sample
+
+    def decode_halo(self, job: JobConfig) -> int | None:
+        """Latent frames of context a decoded chunk takes from each side; None for a VAE that decodes
+        every frame on its own (no context, any chunking gives the same pixels)."""
+        return None
 
     # -- structure, for the parallel axes ----------------------------------------------------------
 

@@ -86,8 +86,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def model_components(cfg: ModelConfig) -> tuple[str, ...]:
-    """The components to look for before loading: every model's, and the optional ones ``cfg`` names."""
-    return COMPONENTS + tuple(name for name in OPTIONAL_COMPONENTS if getattr(cfg, name) is not None)
+    """The components to look for before loading: its family's (every text-to-video model's by default),
+    and the optional ones ``cfg`` names."""
+    try:
+        own = model_family(cfg).components or COMPONENTS
+    except ModelLoadError:
+        own = COMPONENTS  # looking for each folder says what is missing
+    return own + tuple(name for name in OPTIONAL_COMPONENTS if getattr(cfg, name) is not None)
 
 
 def _has_component_files(folder: Path, component: str) -> bool:
