@@ -122,7 +122,7 @@ class AnimateDiffFamily(ModelFamily):
         unet2d = load_component(cfg, "unet", UNet2DConditionModel, "UNet", torch_dtype=dtype)
         adapter = load_component(cfg, "motion_adapter", MotionAdapter, "motion adapter", torch_dtype=dtype)
         try:
-            return MotionUNet.from_unet2d(unet2d, adapter).to(dtype)
+            return MotionUNet.from_unet2d(unet2d, adapter)
         except (ValueError, RuntimeError) as error:
             first = str(error).strip().splitlines()[0]
             raise ModelLoadError(f"model.motion_adapter: the adapter does not fit the UNet: {first}") from None
