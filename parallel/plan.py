@@ -168,17 +168,20 @@ def _patch_split(job: JobConfig) -> PatchSplit | None:
 @dataclass
 class _TemporalShapes:
     """Per temporal conv layer ``(C, h, w, [groups of its four norms])``; per transformer its norm's groups
-    and ``(C, h, w)``; per temporal attention ``(h * w, inner)``: recorded at batch 1."""
+    and ``(C, h, w)``; per temporal attention ``(h * w, inner, scope width)``: recorded at batch 1. The scope
+    width is what dual-scope mode sends per token and frame: keys and values (``2 * inner``), or the
+    normalised tokens when the attention adds frame positions itself."""
 
     convs: list[tuple[int, int, int, list[int]]]
     transformers: list[tuple[int, int, int, int]]
-    attentions: list[tuple[int, int]]
+    attentions: list[tuple[int, int, int]]
 
 
 def _temporal_shapes(
     model: _Model, meta: nn.Module, job: JobConfig, frames: int, hw: tuple[int, int]
 ) -> _TemporalShapes:
     modules = model.family.temporal_modules(meta)
+    frames = min(frames, modules.frame_limit or frames)  # the widths do not depend on the frame count
     seen: dict[str, tuple] = {}
     hooks = []
 
@@ -207,7 +210,9 @@ def _temporal_shapes(
     attentions = []
     for path, attn in modules.attentions():
         tokens, _, _ = seen[path]  # [h * w, frames, C] at batch 1
-        attentions.append((tokens, attn.to_k.out_features))
+        positioned = modules.position_of(path) is not None
+        width = attn.to_k.in_features if positioned else 2 * attn.to_k.out_features
+        attentions.append((tokens, attn.to_k.out_features, width))
     return _TemporalShapes(convs, transformers, attentions)
 
 
@@ -229,11 +234,11 @@ def _clip_call_bytes(
             out["groupnorm"] = out.get("groupnorm", 0.0) + sum(_norm_bytes(batch, g, n - 1) for g in groups)
     if config.exact_groupnorm:
         for _, _, _, g in shapes.transformers:
-            out["groupnorm"] += _norm_bytes(batch, g, n - 1)
+            out["groupnorm"] = out.get("groupnorm", 0.0) + _norm_bytes(batch, g, n - 1)
     if config.mode == "exact":
         longest = max(len(c) for c in clips)
         out["attn_kv"] = sum(
-            (n - 1) * 2 * batch * tokens * inner * longest * element for tokens, inner in shapes.attentions
+            (n - 1) * 2 * batch * tokens * inner * longest * element for tokens, inner, _ in shapes.attentions
         )
     else:
         ds = config.dual_scope
@@ -242,7 +247,7 @@ def _clip_call_bytes(
         frames_in = sum(
             (ds.local_radius if abs(peer - rank) == 1 else 0) + counts[peer] for peer in range(n) if peer != rank
         )
-        out["attn_scope"] = sum(2 * batch * tokens * inner * frames_in * element for tokens, inner in shapes.attentions)
+        out["attn_scope"] = sum(batch * tokens * width * frames_in * element for tokens, _, width in shapes.attentions)
     return out
 
 

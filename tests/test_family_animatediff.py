@@ -8,6 +8,7 @@ frame-position limit on two workers equals its single-process masked reference.
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -28,7 +29,7 @@ from parallel.dual_scope import (
 from parallel.launch import run_local
 from parallel.mesh import ParallelPlan
 from parallel.patch import PatchParallelConfig
-from parallel.plan import preflight_errors
+from parallel.plan import measured_traffic, plan_render, preflight_errors
 from parallel.step import StepParallelConfig, step_latents_worker
 from videogen import cli
 from videogen.config import JobConfig, ModelConfig, load_job
@@ -287,7 +288,7 @@ def _two(rank: int, world_size: int, job: JobConfig, long: JobConfig) -> dict:
         "clip": mesh_latents_worker(rank, world_size, job, ParallelPlan(clip=2), None, EXACT),
         "patch": mesh_latents_worker(rank, world_size, job, ParallelPlan(patch=2), SYNC),
         "cfg": mesh_latents_worker(rank, world_size, job, ParallelPlan(cfg=2)),
-        "step": step_latents_worker(rank, world_size, job, 2, StepParallelConfig(warmup=STEPS, warmup_split=False)),
+        "step": step_latents_worker(rank, world_size, job, 2, StepParallelConfig(warmup=STEPS)),
         "dual_scope": mesh_latents_worker(rank, world_size, long, ParallelPlan(clip=2), None, DUAL),
     }
 
@@ -334,3 +335,16 @@ def test_dual_scope_past_the_limit_on_two_workers_equals_the_single_process_refe
     assert video.shape == (1, 4, LONG, 4, 4)
     assert (video - reference).abs().max().item() <= TOL
     assert set(parts[0]["dual_scope"]["traffic"]["clip"]) - {"setup"} == {"attn_scope", "groupnorm"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("axis", ["clip", "dual_scope"])
+def test_the_plan_predicts_the_bytes_the_clip_workers_record(axes, axis):
+    """Dual-scope sends the normalised tokens of positioned attentions (``C`` per frame), not keys and values."""
+    job, long, parts, _ = axes
+    planned = copy.deepcopy(long if axis == "dual_scope" else job)
+    planned.parallel.clip = 2
+    plan = plan_render(planned)
+    assert not plan.problems
+    for rank, part in enumerate(parts):
+        assert measured_traffic(part[axis]["traffic"]) == plan.traffic[rank]
