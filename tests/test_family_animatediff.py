@@ -128,6 +128,14 @@ def test_every_layout_loads_the_same_motion_unet(tmp_path, ad_dir, layout):
     assert torch.equal(_unet_output(bundle), _unet_output(load_bundle(ModelConfig(path=str(ad_dir)))))
 
 
+def test_a_motion_unet_saved_by_videogen_loads_back(tmp_path, ad_dir):
+    bundle = load_bundle(ModelConfig(path=str(ad_dir)))
+    bundle.unet.save_pretrained(tmp_path / "unet", safe_serialization=True)
+    cfg = ModelConfig(path=str(ad_dir), unet=str(tmp_path / "unet"))
+    assert model_family(cfg).name == "animatediff"
+    assert torch.equal(_unet_output(load_bundle(cfg)), _unet_output(bundle))
+
+
 def test_stable_diffusion_folder_without_an_adapter_is_not_animatediff(tmp_path):
     folder = write_tiny_animatediff(tmp_path / "sd", seed=0, layout="sd")
     with pytest.raises(ModelLoadError, match="UNet2DConditionModel, which no model family claims"):

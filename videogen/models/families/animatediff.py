@@ -64,7 +64,7 @@ class MotionUNet(UNetMotionModel):
 class AnimateDiffFamily(ModelFamily):
     name = "animatediff"
     description = "UNetMotionModel: Stable Diffusion 1.5 with an AnimateDiff motion adapter"
-    unet_class_names = ("UNetMotionModel",)
+    unet_class_names = ("UNetMotionModel", "MotionUNet")
 
     def claims(self, unet_config: dict[str, Any], model_index: dict[str, Any] | None, cfg: ModelConfig) -> bool:
         """A ``UNetMotionModel``, or a ``UNet2DConditionModel`` with a motion adapter beside it (named in
@@ -94,7 +94,7 @@ class AnimateDiffFamily(ModelFamily):
 
     def load(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> ModelBundle:
         unet_config = component_config(cfg, "unet")
-        is_motion = unet_config is None or unet_config.get("_class_name") == "UNetMotionModel"
+        is_motion = unet_config is None or unet_config.get("_class_name") in self.unet_class_names
         if is_motion:
             if cfg.motion_adapter is not None:
                 raise ModelLoadError(
