@@ -32,7 +32,7 @@ from parallel.step import StepParallelConfig, make_step_loop
 from videogen.config import JobConfig
 from videogen.models.family import resolve_import
 from videogen.models.loader import ModelBundle
-from videogen.pipeline import WorkerSlot, denoise, latent_shape, prepare_bundle
+from videogen.pipeline import WorkerSlot, denoise, latent_shape, needs_position_windows, prepare_bundle
 from videogen.sampling import Denoiser, StepContext, StepHook, run_steps
 
 __all__ = [
@@ -137,7 +137,7 @@ def mesh_slot(
             apply_patch = resolve_import(family.parallelize["patch"])
             modules = family.spatial_modules(unet)
             undo.append(apply_patch(unet, comms["patch"], worker.split, patch, modules=modules).remove)
-        if comms["clip"].size > 1:
+        if comms["clip"].size > 1 or needs_position_windows(job):
             apply_clip = resolve_import(family.parallelize["clip"])
             band_comm = comms["patch"] if comms["patch"].size > 1 else None
             handle = apply_clip(

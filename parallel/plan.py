@@ -289,6 +289,10 @@ def plan_render(job: JobConfig) -> RenderPlan:
     model = _model(job)
     if model is None:
         return plan
+    from videogen.pipeline import needs_position_windows
+
+    if par.world_size == 1 and needs_position_windows(job):
+        plan.launcher = par.launcher  # one clip worker cuts the video into position windows
     channels, height, width = model.geometry.channels, model.height, model.width
     plan.latent = (channels, job.video.num_frames, height, width)
     split = split_rows((height, width), par.patch, model.geometry.levels, par.patch_options.split)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import json
 
+import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -32,6 +34,7 @@ from parallel.patch import PatchParallelConfig
 from parallel.plan import measured_traffic, plan_render, preflight_errors
 from parallel.step import StepParallelConfig, step_latents_worker
 from videogen import cli
+from videogen.api import render_job
 from videogen.config import JobConfig, ModelConfig, load_job
 from videogen.errors import ConfigError, ModelLoadError
 from videogen.models.families.animatediff import (
@@ -42,7 +45,7 @@ from videogen.models.families.animatediff import (
 )
 from videogen.models.loader import load_bundle, model_family
 from videogen.noise.gaussian import video_noise
-from videogen.pipeline import WorkerSlot, check_model_limits, denoise
+from videogen.pipeline import WorkerSlot, check_model_limits, denoise, render_frames
 from videogen.sampling import run_steps
 
 TOL = 1e-4
@@ -356,3 +359,25 @@ def test_the_plan_predicts_the_bytes_the_clip_workers_record(axes, axis):
     assert not plan.problems
     for rank, part in enumerate(parts):
         assert measured_traffic(part[axis]["traffic"]) == plan.traffic[rank]
+
+
+@pytest.mark.slow
+def test_dual_scope_past_the_limit_renders_on_one_worker_as_on_two(tmp_path, ad_dir):
+    """The position windows do not depend on the workers, so one clip worker renders the two workers' video."""
+    frames = {}
+    for workers in (1, 2):
+        (tmp_path / str(workers)).mkdir()
+        job = _long_job(tmp_path / str(workers), ad_dir)
+        job.output.path = str(tmp_path / f"frames-{workers}")
+        job.parallel.clip = workers
+        job.parallel.threads_per_worker = 1
+        result = render_job(job, progress=False)
+        frames[workers] = np.stack([iio.imread(p) for p in sorted(result.output.glob("frame_*.png"))]).astype(int)
+    assert frames[1].shape == (LONG, 16, 16, 3)
+    assert np.abs(frames[1] - frames[2]).max() <= 1
+
+
+def test_one_process_refuses_position_windows_and_names_the_entry_point(tmp_path, ad_dir):
+    job = _long_job(tmp_path, ad_dir)
+    with pytest.raises(ConfigError, match="position windows .* use videogen.api.render_job"):
+        render_frames(job)

@@ -60,10 +60,10 @@ def render_job(
     """Render ``job`` (a :class:`JobConfig` or a job file plus ``key=value`` overrides) and write its output."""
     config = as_job(job, overrides)
     check_submitted_job_paths(config)
-    if config.parallel.world_size > 1:
+    from videogen.pipeline import needs_position_windows, render
+
+    if config.parallel.world_size > 1 or needs_position_windows(config):
         from parallel.runner import render_parallel
 
         return render_parallel(config, resume=resume, progress=progress)
-    from videogen.pipeline import render
-
     return render(config, resume=resume, progress=progress)

@@ -180,6 +180,16 @@ def _check_frame_limit(job: JobConfig, family: ModelFamily, unet_config: dict) -
         )
 
 
+def needs_position_windows(job: JobConfig) -> bool:
+    """True when dual-scope attention must cut the video into position windows (more frames than the model's
+    temporal attention has positions for): such a render runs through the clip-parallel path even on one worker.
+    Read from the model's config files, without weights."""
+    if job.parallel.clip_mode != "dual_scope":
+        return False
+    limit = model_family(job.model).configured_frame_limit(job.model)
+    return limit is not None and job.video.num_frames > limit
+
+
 def sampler_name(job: JobConfig, family: ModelFamily) -> str:
     """The scheduler the job runs: ``sampler.name``, or the family's usual one for ``auto``."""
     name = job.sampler.name if job.sampler.name != "auto" else family.default_sampler
@@ -441,7 +451,14 @@ def prepare_bundle(job: JobConfig, bundle: ModelBundle | None = None) -> ModelBu
 
 
 def check_one_worker(job: JobConfig) -> None:
-    """Raise unless ``job`` asks for one worker: this process renders alone, it never splits a video."""
+    """Raise unless ``job`` asks for one worker and no position windows: this process renders alone, with the
+    model's own temporal attention."""
+    if needs_position_windows(job):
+        raise ConfigError(
+            f"parallel.clip_mode: dual_scope over {job.video.num_frames} frames cuts the video into position windows "
+            "(more frames than the model's temporal attention has positions for), which the clip-parallel path "
+            "installs: use videogen.api.render_job, which runs it on one clip worker"
+        )
     if job.parallel.world_size > 1:
         axes = " x ".join(f"{axis}={n}" for axis, n in job.parallel.mesh().items() if n > 1)
         raise ConfigError(

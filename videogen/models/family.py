@@ -126,6 +126,13 @@ class ModelFamily:
     def unet_class(self) -> type[nn.Module]:
         raise NotImplementedError
 
+    def configured_frame_limit(self, cfg: ModelConfig) -> int | None:
+        """:meth:`frame_limit` of ``cfg``'s model from its config files (no weights); None when they do not say."""
+        from videogen.models.loader import component_config
+
+        unet_config = component_config(cfg, "unet")
+        return None if unet_config is None else self.frame_limit(unet_config)
+
     def frame_limit(self, unet_config: dict[str, Any]) -> int | None:
         """The most frames one temporal attention can see (frame-position embeddings), or None for no limit."""
         return None

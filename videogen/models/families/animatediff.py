@@ -92,6 +92,17 @@ class AnimateDiffFamily(ModelFamily):
         limit = unet_config.get("motion_max_seq_length")
         return int(limit) if limit is not None else None
 
+    def configured_frame_limit(self, cfg: ModelConfig) -> int | None:
+        """The UNet's ``motion_max_seq_length``, or the motion adapter's when the UNet is a plain SD UNet."""
+        limit = super().configured_frame_limit(cfg)
+        if limit is not None:
+            return limit
+        try:
+            adapter = component_config(cfg, "motion_adapter")
+        except ModelLoadError:
+            return None  # loading says what is missing
+        return None if adapter is None else self.frame_limit(adapter)
+
     def load(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> ModelBundle:
         unet_config = component_config(cfg, "unet")
         is_motion = unet_config is None or unet_config.get("_class_name") in self.unet_class_names
