@@ -110,7 +110,9 @@ class SvdCall:
 
 
 @torch.no_grad()
-def image_embedding(encoder: CLIPVisionModelWithProjection, processor: CLIPImageProcessor, image: torch.Tensor):
+def image_embedding(
+    encoder: CLIPVisionModelWithProjection, processor: CLIPImageProcessor, image: torch.Tensor
+) -> torch.Tensor:
     """The CLIP image embedding ``(1, 1, D)`` of ``image`` ``(3, H, W)`` in [-1, 1], as SVD computes it:
     antialiased bicubic resize to the encoder's input size, then CLIP's normalisation."""
     size = encoder.config.image_size
