@@ -34,11 +34,12 @@ def job_fingerprint(job: JobConfig) -> str:
     The first-frame image's bytes count too: a changed image at the same path is another job.
     """
     container = OmegaConf.to_container(OmegaConf.structured(job), resolve=True)
-    shaping = {k: container[k] for k in ("model", "prompts", "video", "sampler", "noise", "image")}
+    shaping = {k: container[k] for k in ("model", "prompts", "video", "sampler", "noise", "image", "svd")}
     if job.image.path is not None and Path(job.image.path).is_file():
         shaping["image_sha256"] = hashlib.sha256(Path(job.image.path).read_bytes()).hexdigest()
     shaping["sampler"] = {k: v for k, v in shaping["sampler"].items() if k != "checkpoint_every"}
     shaping["model"] = {k: v for k, v in shaping["model"].items() if k not in ("device",)}
+    shaping["svd"] = {k: v for k, v in shaping["svd"].items() if k != "decode_halo"}
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -218,7 +218,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     tiny.add_argument(
         "--family",
         default="unet3d",
-        help="model family: unet3d (default), videocrafter2 or animatediff",
+        help="model family: unet3d (default), videocrafter2, animatediff or svd",
     )
     tiny.add_argument("--seed", type=int, default=0, help="weights are deterministic in this seed (default 0)")
     tiny.set_defaults(handler=cmd_build_tiny_model)

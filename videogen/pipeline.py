@@ -301,14 +301,15 @@ def denoise(
         else:
             latents = initial_noise(job, seed, frames, bundle).to(bundle.device) * scheduler.init_noise_sigma
             start = 0
-        fingerprint = job_fingerprint(job)
+        checkpoints = job.sampler.checkpoint_every > 0 and slot.saves_checkpoints
+        fingerprint = job_fingerprint(job) if resume_from is not None or checkpoints else ""
         ckpt_dir = checkpoint_dir(job)
         if resume_from is not None:
             ckpt = load_checkpoint(ckpt_dir, frames, resume_from, fingerprint)
             restore_scheduler_state(scheduler, ckpt.scheduler_tensors, ckpt.scheduler_values, bundle.device)
             latents = ckpt.latents.to(bundle.device)
             start = resume_from + 1
-        if job.sampler.checkpoint_every > 0 and slot.saves_checkpoints:
+        if checkpoints:
             hooks.append(CheckpointHook(ckpt_dir, job.sampler.checkpoint_every, frames, fingerprint))
         hooks.append(ProgressHook(len(scheduler.timesteps), start, enabled=progress and slot.is_main))
         latents = slot.loop(
