@@ -40,7 +40,6 @@ __all__ = [
     "StepTraffic",
     "denoise_mesh",
     "mesh_slot",
-    "mesh_latents_worker",
     "setup_mesh_worker",
     "wrapping_loop",
 ]
@@ -194,36 +193,3 @@ def denoise_mesh(
     slot = mesh_slot(worker, job, clip, patch, hooks)
     latents, evaluations, _ = denoise(job, worker.bundle, job.noise.seed, slot, progress=progress)
     return latents, evaluations
-
-
-def mesh_latents_worker(
-    rank: int,
-    world_size: int,
-    job: JobConfig,
-    plan: ParallelPlan,
-    patch: PatchParallelConfig | None = None,
-    clip: ClipParallelConfig | None = None,
-) -> dict:
-    """This worker's final latents (CPU) and traffic by axis and step, without decoding (oracles, benchmarks).
-
-    ``patch`` and ``clip`` default to the default configs.
-    """
-    patch = patch if patch is not None else PatchParallelConfig()
-    clip = clip if clip is not None else ClipParallelConfig()
-    worker = setup_mesh_worker(world_size, job, plan, clip, patch)
-    worker.stats.reset()
-    traffic = StepTraffic(worker.stats)
-    latents, evaluations = denoise_mesh(worker, job, clip, patch, hooks=[traffic])
-    totals = {
-        axis: {kind: asdict(t) for kind, t in worker.stats.by_kind(axis).items()}
-        for axis in ("clip", "patch", "cfg", "step")
-    }
-    return {
-        "latents": latents.cpu(),
-        "frames": worker.frames,
-        "coords": worker.coords,
-        "split": worker.split,
-        "evaluations": evaluations,
-        "traffic": totals,
-        "steps": traffic.steps,
-    }

@@ -158,19 +158,6 @@ def worker_slot(worker: MeshWorker, job: JobConfig, world: AxisComm) -> WorkerSl
     return slot
 
 
-def clip_latents_worker(rank: int, world_size: int, job: JobConfig) -> dict:
-    """This worker's final latents (CPU) and communication, without decoding (oracles, benchmarks)."""
-    worker = setup_worker(world_size, job)
-    worker.stats.reset()
-    world = AxisComm(dist.group.WORLD, "world", worker.stats)
-    latents, evaluations, _ = denoise(
-        job, worker.bundle, job.noise.seed, worker_slot(worker, job, world), progress=False
-    )
-    traffic = {kind: asdict(t) for kind, t in worker.stats.by_kind("clip").items()}
-    traffic.update({kind: asdict(t) for kind, t in worker.stats.by_kind("world").items()})
-    return {"latents": latents.cpu(), "frames": worker.frames, "evaluations": evaluations, "traffic": traffic}
-
-
 class _StepProgress(StepHook):
     def __init__(self, report: Callable[[str, int], None]):
         self.report = report

@@ -53,28 +53,21 @@ virtual ranks, computed step by step.
 from __future__ import annotations
 
 import copy
-import hashlib
-import time
 import zlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from parallel.clip import apply_clip_parallel
-from parallel.comm import AxisComm, CommStats
-from parallel.mesh import ParallelPlan, build_mesh
-from videogen.config import JobConfig, ModelConfig
+from parallel.comm import AxisComm
+from videogen.config import ModelConfig
 from videogen.errors import ConfigError
 from videogen.models.loader import model_family
-from videogen.pipeline import WorkerSlot, denoise, prepare_bundle
 from videogen.sampling import (
     SCHEDULERS,
     Denoise,
     Denoiser,
-    StepContext,
     StepHook,
     StepNoise,
     Stepper,
@@ -84,15 +77,12 @@ from videogen.sampling import (
 __all__ = [
     "REUSE_RULES",
     "STEP_SAMPLERS",
-    "LatentDigests",
     "SerialReferenceLoop",
     "StepParallelConfig",
     "StepParallelLoop",
     "StepSchedule",
     "check_sampler",
-    "latent_digest",
     "make_step_loop",
-    "step_latents_worker",
     "step_schedule",
 ]
 
@@ -352,72 +342,3 @@ class SerialReferenceLoop:
                 newest = own[position] = stepper.evaluate(denoiser, draft, index, x)
                 latents = stepper.master(scheduler, index, latents, newest)
         return latents
-
-
-def latent_digest(latents: torch.Tensor) -> str:
-    """A hash of the exact bytes of ``latents``."""
-    data = latents.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
-    return hashlib.blake2b(data, digest_size=8).hexdigest()
-
-
-class LatentDigests(StepHook):
-    """Records :func:`latent_digest` of the latents after every step (compare ranks byte for byte)."""
-
-    def __init__(self) -> None:
-        self.by_step: dict[int, str] = {}
-
-    def on_step_end(self, ctx: StepContext, latents: torch.Tensor) -> None:
-        self.by_step[ctx.index] = latent_digest(latents)
-
-
-def step_latents_worker(rank: int, world_size: int, job: JobConfig, step: int, config: StepParallelConfig) -> dict:
-    """One worker of a ``ParallelPlan(step=step, clip=job.parallel.clip)`` render, without decoding.
-
-    Clip peers share a step-rank, so they call the (clip-parallel) UNet the same number of times
-    in the same order. Returns this worker's final latents (CPU), its frames, its step and clip
-    coordinates, its model evaluations, the wall and CPU seconds of the sampling call, the digest
-    of the master latents after every step and its traffic per axis and kind.
-    """
-    from parallel.job_plan import clip_config, job_clips
-
-    check_sampler(job.sampler.name, job.model)
-    plan = ParallelPlan(step=step, clip=job.parallel.clip)
-    plan.check_world_size(world_size)
-    device_type = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    mesh = build_mesh(plan, device_type)
-    stats = CommStats()
-    step_comm = AxisComm.from_mesh(mesh, "step", stats)
-    clip_comm = AxisComm.from_mesh(mesh, "clip", stats)
-    if device_type == "cuda":
-        job.model.device = f"cuda:{torch.cuda.current_device()}"
-    bundle = prepare_bundle(job)
-    frames = job_clips(job)[clip_comm.rank]
-
-    def install(unet, denoiser):
-        return apply_clip_parallel(unet, clip_comm, frames, job.video.num_frames, clip_config(job)).remove
-
-    digests = LatentDigests()
-    slot = WorkerSlot(
-        rank=rank,
-        world_size=world_size,
-        frames=frames,
-        hooks=[digests],
-        install=install if clip_comm.size > 1 else None,
-        loop=make_step_loop(step_comm, config),
-    )
-    dist.barrier()
-    started, cpu_started = time.perf_counter(), time.process_time()
-    latents, evaluations, _ = denoise(job, bundle, job.noise.seed, slot, progress=False)
-    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    traffic = {axis: {kind: asdict(t) for kind, t in kinds.items()} for axis, kinds in stats.snapshot().items()}
-    return {
-        "latents": latents.cpu(),
-        "frames": frames,
-        "step_rank": step_comm.rank,
-        "clip_rank": clip_comm.rank,
-        "evaluations": evaluations,
-        "seconds": seconds,
-        "cpu_seconds": cpu_seconds,
-        "digests": digests.by_step,
-        "traffic": traffic,
-    }

@@ -7,10 +7,10 @@ import torch
 
 from parallel.cfg import CfgParallelDenoiser
 from parallel.comm import AxisComm
-from parallel.compose import mesh_latents_worker
 from parallel.launch import run_local
 from parallel.mesh import ParallelPlan
 from parallel.patch import PatchParallelConfig
+from parallel.testing import mesh_latents_worker
 from videogen.config import load_job
 from videogen.errors import ConfigError
 from videogen.models.loader import load_bundle

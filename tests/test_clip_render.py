@@ -10,8 +10,8 @@ import torch
 from parallel.dual_scope import apply_dual_scope_reference
 from parallel.job_plan import clip_config, job_clips
 from parallel.launch import run_local
-from parallel.render import clip_latents_worker
 from parallel.runner import render_parallel
+from parallel.testing import clip_latents_worker
 from videogen.config import load_job
 from videogen.errors import ConfigError, ModelLoadError
 from videogen.models.loader import load_bundle

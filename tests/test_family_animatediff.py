@@ -20,7 +20,6 @@ from diffusers import AnimateDiffPipeline
 
 from parallel.clip import ClipParallelConfig, apply_clip_parallel
 from parallel.comm import AxisComm
-from parallel.compose import mesh_latents_worker
 from parallel.dual_scope import (
     DualScopeConfig,
     apply_dual_scope_reference,
@@ -32,7 +31,8 @@ from parallel.launch import run_local
 from parallel.mesh import ParallelPlan
 from parallel.patch import PatchParallelConfig
 from parallel.plan import measured_traffic, plan_render, preflight_errors
-from parallel.step import StepParallelConfig, step_latents_worker
+from parallel.step import StepParallelConfig
+from parallel.testing import mesh_latents_worker, step_latents_worker
 from videogen import cli
 from videogen.api import render_job
 from videogen.config import JobConfig, ModelConfig, load_job

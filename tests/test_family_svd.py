@@ -16,9 +16,9 @@ import yaml
 from PIL import Image
 
 from parallel.launch import run_local
-from parallel.render import clip_latents_worker
 from parallel.runner import render_parallel
 from parallel.svd_decode import segment_window
+from parallel.testing import clip_latents_worker
 from videogen import cli
 from videogen.config import load_job
 from videogen.decode import decode_chunks

@@ -20,12 +20,12 @@ import yaml
 from diffusers import TextToVideoSDPipeline
 
 from parallel.clip import ClipParallelConfig
-from parallel.compose import mesh_latents_worker
 from parallel.launch import run_local
 from parallel.mesh import ParallelPlan
 from parallel.patch import PatchParallelConfig
 from parallel.plan import preflight_errors
-from parallel.step import SerialReferenceLoop, StepParallelConfig, check_sampler, step_latents_worker
+from parallel.step import SerialReferenceLoop, StepParallelConfig, check_sampler
+from parallel.testing import mesh_latents_worker, step_latents_worker
 from videogen import cli
 from videogen.config import JobConfig, ModelConfig, load_job
 from videogen.errors import ConfigError, ModelLoadError

@@ -14,7 +14,6 @@ from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
 from parallel.clip import ClipParallelConfig
 from parallel.comm import AxisComm, CommStats, Traffic
-from parallel.compose import mesh_latents_worker
 from parallel.launch import run_local
 from parallel.mesh import ParallelPlan
 from parallel.patch import (
@@ -29,6 +28,7 @@ from parallel.patch import (
     unet_spatial_modules,
 )
 from parallel.patch_vae import decode_method, decode_patch_chunks, frame_share
+from parallel.testing import mesh_latents_worker
 from videogen.config import load_job
 from videogen.decode import decode_chunks
 from videogen.errors import ConfigError

@@ -22,16 +22,14 @@ from diffusers import DPMSolverMultistepScheduler, EulerAncestralDiscreteSchedul
 from parallel.comm import AxisComm, CommStats
 from parallel.launch import run_local
 from parallel.step import (
-    LatentDigests,
     SerialReferenceLoop,
     StepParallelConfig,
     StepSchedule,
     check_sampler,
-    latent_digest,
     make_step_loop,
-    step_latents_worker,
     step_schedule,
 )
+from parallel.testing import LatentDigests, latent_digest, step_latents_worker
 from videogen.config import load_job
 from videogen.errors import ConfigError
 from videogen.models.loader import load_bundle

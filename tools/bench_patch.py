@@ -89,8 +89,8 @@ def single(job) -> torch.Tensor:
 
 def bytes_rows(model_dir: str, size: int, frames: int) -> list[dict]:
     """Received bytes per worker in one displaced step (step 1 after a one-step warm-up), mean over workers."""
-    from parallel.compose import mesh_latents_worker
     from parallel.patch import DEFAULT_PORTION, PatchParallelConfig, traffic_per_step
+    from parallel.testing import mesh_latents_worker
     from videogen.models.tiny import tiny_unet
 
     job = make_job(model_dir, size, frames, steps=2)
@@ -193,8 +193,8 @@ def speed_rows(model_dir: str, size: int, frames: int, steps: int) -> tuple[list
 def error_rows(
     model_dir: str, size: int, frames: int, steps: int, portions, warmups, exact_groupnorm: bool
 ) -> tuple[list[dict], float]:
-    from parallel.compose import mesh_latents_worker
     from parallel.patch import DEFAULT_PORTION, PatchParallelConfig
+    from parallel.testing import mesh_latents_worker
 
     job = make_job(model_dir, size, frames, steps)
     exact_latents = single(job)

@@ -104,7 +104,7 @@ def timed(model_dir: str, frames: int, steps: int, config, repeats: int) -> dict
     from dataclasses import replace
 
     from parallel.launch import run_local
-    from parallel.step import step_latents_worker
+    from parallel.testing import step_latents_worker
 
     job = make_job(model_dir, frames, steps)
     unsplit = replace(config, warmup_split=False)
@@ -128,7 +128,8 @@ def _cpu(workers: list[dict]) -> float:
 def measure(model_dir: str, frames: int, steps: int, repeats: int, samplers, warmups) -> dict:
     """Every measurement of the benchmark on one model folder."""
     from parallel.launch import run_local
-    from parallel.step import StepParallelConfig, step_latents_worker
+    from parallel.step import StepParallelConfig
+    from parallel.testing import step_latents_worker
 
     default = StepParallelConfig()
     timing = timed(model_dir, frames, steps, default, repeats)
@@ -192,7 +193,8 @@ def speed_rows(m: dict, steps: int) -> list[dict]:
 
 def traffic_rows(m: dict, steps: int) -> list[dict]:
     """Per worker of each distributed run: evaluations, step-axis traffic, agreement with the oracle."""
-    from parallel.step import latent_digest, step_schedule
+    from parallel.step import step_schedule
+    from parallel.testing import latent_digest
 
     rows = []
     for n, results in m["distributed"].items():
