@@ -71,6 +71,7 @@ __all__ = [
     "SvdPatchHandle",
     "apply_svd_clip_parallel",
     "apply_svd_patch_parallel",
+    "clip_bytes_per_call",
 ]
 
 TEMPORAL_HALO = 2
@@ -197,6 +198,35 @@ def _agree_on_clips(comm: AxisComm, frames: range, num_frames: int) -> list[rang
             "use fewer clip workers or more frames"
         )
     return clips
+
+
+def clip_bytes_per_call(
+    resnets: list[tuple[int, int, list[int]]],
+    attentions: list[tuple[int, int]],
+    clips: list[range],
+    rank: int,
+    batch: int,
+    element_size: int,
+) -> dict[str, float]:
+    """Bytes clip worker ``rank`` receives in one UNet call of batch ``batch`` under :func:`apply_svd_clip_parallel`,
+    by kind, as its collectives count them. ``resnets``: per temporal ResNet its input's channels ``C``, pixels
+    ``h w`` (this worker's band) and the groups of its two GroupNorms; ``attentions``: per temporal
+    self-attention its tokens per frame ``h w`` and inner width; activations of ``element_size`` bytes.
+
+    ``conv_halo``: :data:`TEMPORAL_HALO` frames of ``B x C x h w`` from each neighbour per ResNet;
+    ``groupnorm``: ``(n-1) x 3 x B x groups`` float64 per GroupNorm (``(count, mean, M2)``);
+    ``attn_kv``: the other ``n-1`` clips, padded to the longest, of K and V, ``2 x B h w x inner`` per frame.
+    """
+    n = len(clips)
+    neighbours = sum(1 for peer in (rank - 1, rank + 1) if 0 <= peer < n)
+    longest = max(len(c) for c in clips)
+    out = {"conv_halo": 0.0, "groupnorm": 0.0, "attn_kv": 0.0}
+    for channels, pixels, groups in resnets:
+        out["conv_halo"] += neighbours * TEMPORAL_HALO * batch * channels * pixels * element_size
+        out["groupnorm"] += sum((n - 1) * 3 * batch * g * 8 for g in groups)
+    for pixels, inner in attentions:
+        out["attn_kv"] += (n - 1) * 2 * batch * pixels * inner * longest * element_size
+    return out
 
 
 def apply_svd_clip_parallel(

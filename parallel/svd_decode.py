@@ -14,7 +14,7 @@ import torch
 
 from parallel.comm import AxisComm
 
-__all__ = ["decode_context", "segment_window"]
+__all__ = ["context_bytes", "decode_context", "segment_window"]
 
 
 def decode_context(comm: AxisComm, latents: torch.Tensor, halo: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -25,6 +25,14 @@ def decode_context(comm: AxisComm, latents: torch.Tensor, halo: int) -> tuple[to
     left, right = comm.halo_exchange(latents.contiguous(), 2, halo, "decode_halo")
     joined = torch.cat([p for p in (left, latents, right) if p is not None], dim=2)
     return joined, (0 if left is None else halo, 0 if right is None else halo)
+
+
+def context_bytes(clips: list[range], rank: int, halo: int, frame_bytes: float) -> float:
+    """Bytes clip worker ``rank`` receives in :func:`decode_context`: ``halo`` latent frames of ``frame_bytes``
+    each from every neighbouring clip."""
+    if halo == 0 or len(clips) == 1:
+        return 0.0
+    return sum(1 for peer in (rank - 1, rank + 1) if 0 <= peer < len(clips)) * halo * frame_bytes
 
 
 def segment_window(clip: range, context: tuple[int, int], share: range, halo: int) -> tuple[slice, tuple[int, int]]:

@@ -165,6 +165,15 @@ class ModelFamily:
         ``unet(sample, timestep, **unet_inputs(unet, context, job)).sample``."""
         return None
 
+    def meta_condition(self, unet: nn.Module, job: JobConfig, latent_hw: tuple[int, int]) -> TextContext:
+        """Conditioning of the shapes :meth:`condition` gives, on the meta device (no values), for a call of
+        the meta-device ``unet`` on latents of ``latent_hw``: what the planner calls the UNet with to record
+        its layers' shapes without weights."""
+        from videogen.prompts import TextContext
+
+        context = torch.empty(1, 1, unet.config.cross_attention_dim, device="meta")
+        return TextContext(context, context)
+
     def guidance(self, job: JobConfig, frames: range) -> float | torch.Tensor:
         """The classifier-free guidance scale of the global ``frames``: one number, or one per frame
         shaped ``(1, 1, len(frames), 1, 1)``."""

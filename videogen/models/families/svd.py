@@ -185,6 +185,11 @@ class SvdFamily(ModelFamily):
     def unet_class(self) -> type[UNetSpatioTemporalConditionModel]:
         return UNetSpatioTemporalConditionModel
 
+    def meta_unet(self, unet_config: dict[str, Any]) -> nn.Module:
+        """On the meta device throughout: ``AlphaBlender`` makes its mix factor with ``torch.Tensor([alpha])``,
+        which the default device does not reach, so the built UNet is moved there too."""
+        return super().meta_unet(unet_config).to("meta")
+
     # -- loading ---------------------------------------------------------------------------------
 
     def load(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> ModelBundle:
@@ -238,6 +243,11 @@ class SvdFamily(ModelFamily):
         if not isinstance(context, ImageCondition):
             raise TypeError("Stable Video Diffusion is called with an ImageCondition")
         return SvdCall(unet, context.image_latent, time_ids(job))
+
+    def meta_condition(self, unet: nn.Module, job: JobConfig, latent_hw: tuple[int, int]) -> ImageCondition:
+        embedding = torch.empty(1, 1, unet.config.cross_attention_dim, device="meta")
+        latent = torch.empty(1, unet.config.out_channels, *latent_hw, device="meta")
+        return ImageCondition(embedding, embedding, latent)
 
     def guidance(self, job: JobConfig, frames: range) -> torch.Tensor:
         """Per-frame scales; a clip of at least two frames holds one above 1 exactly when the video does,
