@@ -2,25 +2,36 @@
 moves, and every error the render would stop with.
 
 Nothing here loads weights or starts a worker. The UNet is built from its ``config.json`` on the
-meta device and run once at each worker's share of the video (no memory, no compute) to record
-the input shape of every layer that communicates; the bytes follow from those shapes by the
-same rules the collectives record them with (:class:`parallel.comm.CommStats`):
+meta device and called once at each worker's share of the video (no memory, no compute) the way the
+render calls it: through the model family's own call (:meth:`~videogen.models.family.ModelFamily.unet_call`)
+on conditioning of the family's shapes (:meth:`~videogen.models.family.ModelFamily.meta_condition`).
+That records the input shape of every layer that communicates; the bytes follow from those shapes by
+the same rules the collectives record them with (:class:`parallel.comm.CommStats`). Which rules apply
+is decided by the installer the family names for each axis (``ModelFamily.parallelize``):
 
-- ``clip`` (per UNet call, ``n`` clip workers, ``B`` the UNet batch, activations of ``e`` bytes):
-  ``conv_halo``: ``CONV_HALO`` frames of ``B x C x h x w`` from each neighbour per temporal conv
-  layer; ``groupnorm`` (exact statistics): ``(n-1) x 3 x B x groups`` float64 per temporal
-  GroupNorm; ``attn_kv`` (exact): ``(n-1)`` clips, padded to the longest, of K and V
-  (``2 x B h w x inner``) per frame; ``attn_scope`` (dual-scope): each neighbour's
-  ``local_radius`` edge frames plus every other clip's global frames of K and V;
+- ``clip`` with :func:`parallel.clip.apply_clip_parallel` (per UNet call, ``n`` clip workers, ``B`` the
+  UNet batch, activations of ``e`` bytes): ``conv_halo``: ``CONV_HALO`` frames of ``B x C x h x w`` from
+  each neighbour per temporal conv layer; ``groupnorm`` (exact statistics): ``(n-1) x 3 x B x groups``
+  float64 per temporal GroupNorm; ``attn_kv`` (exact): ``(n-1)`` clips, padded to the longest, of K and V
+  (``2 x B h w x inner``) per frame; ``attn_scope`` (dual-scope): each neighbour's ``local_radius`` edge
+  frames plus every other clip's global frames of K and V;
+- ``clip`` with :func:`parallel.svd.apply_svd_clip_parallel` (Stable Video Diffusion):
+  :func:`parallel.svd.clip_bytes_per_call` per temporal ResNet and temporal self-attention;
 - ``patch``: :func:`parallel.patch.traffic_per_step` per UNet call (synchronous for the first
   ``patch_options.warmup_steps`` calls), and with clip workers too, ``groupnorm_temporal``: the
-  band statistics of every temporal GroupNorm, ``(p-1) x 3 x B x groups`` float64;
+  band statistics of every temporal GroupNorm the clip installer combines, ``(p-1) x 3 x B x groups``
+  float64;
 - ``cfg``: the other branch's output for this worker's band and frames, once per step;
 - ``step``: per ParaStep round (and per split warm-up step), the other step workers' model
-  outputs, one latent of this worker's frames each.
+  outputs, one latent of this worker's frames each;
+- ``clip`` ``decode_halo``: a family with a temporal decoder (``ModelFamily.decode_halo``) has every
+  decoding clip worker take that many latent frames from each neighbouring clip once, after the loop
+  (:func:`parallel.svd_decode.context_bytes`).
 
-Bytes received per worker over the whole denoising loop are predicted; setup exchanges (agreeing
-on clips, sharing the image latent, gathering the reports) are not part of it.
+Guidance is on for a worker when the family's guidance scale of its frames exceeds 1 anywhere (per-frame
+scales included). Bytes received per worker over the denoising loop and the decode are predicted;
+setup exchanges (agreeing on clips, sharing the image latent, gathering the reports) are not part of
+it. An axis whose installer has no rule here is not guessed: :attr:`RenderPlan.unpredicted` says so.
 """
 
 from __future__ import annotations
@@ -40,10 +51,14 @@ from parallel.mesh import ParallelPlan
 from parallel.patch import PatchSplit, split_rows, traffic_per_step
 from parallel.patch_vae import decode_method, frame_share
 from parallel.step import check_sampler, step_schedule
+from parallel.svd_decode import context_bytes
 from videogen.config import JobConfig
 from videogen.errors import ConfigError, ModelLoadError, VideogenError
 from videogen.models.family import LatentGeometry, ModelFamily
+from videogen.models.layers import SpatialModules
 from videogen.models.loader import DTYPES, component_config, component_dir, model_components, model_family
+from videogen.noise.image_prior import i2v_start_index
+from videogen.sampling import Denoiser
 
 SETUP_KINDS = frozenset({"setup", "resume", "image_latent", "report"})
 """Exchanges made once per render, outside the denoising loop."""
@@ -65,7 +80,8 @@ class WorkerShare:
 @dataclass
 class RenderPlan:
     """The plan of a render. ``traffic[rank][axis][kind]`` is the bytes that worker receives over the
-    denoising loop; ``problems`` the errors the render would stop with (empty: it would start)."""
+    denoising loop and the decode; ``problems`` the errors the render would stop with (empty: it would
+    start); ``unpredicted`` the traffic the plan cannot predict exactly and leaves out of ``traffic``."""
 
     mesh: dict[str, int]
     world_size: int
@@ -76,9 +92,10 @@ class RenderPlan:
     workers: list[WorkerShare] = field(default_factory=list)
     traffic: list[dict[str, dict[str, float]]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    unpredicted: list[str] = field(default_factory=list)  # traffic left out of ``traffic``, and why
 
     def mean_traffic(self) -> dict[str, dict[str, float]]:
-        """Bytes received per worker over the loop, by axis and kind, averaged over the workers."""
+        """Bytes received per worker over the loop and the decode, by axis and kind, averaged over the workers."""
         out: dict[str, dict[str, float]] = {}
         for worker in self.traffic:
             for axis, kinds in worker.items():
@@ -165,6 +182,85 @@ def _patch_split(job: JobConfig) -> PatchSplit | None:
     return split_rows(hw, job.parallel.patch, model.geometry.levels, job.parallel.patch_options.split)
 
 
+@dataclass(frozen=True)
+class _CallConfig:
+    """What a :class:`_FamilyUNet` is built from, with the config values
+    :func:`parallel.patch.traffic_per_step` reads of a UNet: the channels of the latents it is called on
+    and of its output, and its cross-attention width."""
+
+    model: _Model
+    job: JobConfig
+
+    @property
+    def in_channels(self) -> int:
+        return self.model.geometry.channels
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.model.unet_config["out_channels"])
+
+    @property
+    def cross_attention_dim(self) -> int:
+        return self.model.unet_config["cross_attention_dim"]
+
+
+class _FamilyUNet(nn.Module):
+    """The family's UNet on the meta device, called as :func:`parallel.patch.traffic_per_step` calls a UNet,
+    ``(latents (B, C, F, h, w), timestep, context)``, and run the way the render runs it: a
+    :class:`~videogen.sampling.Denoiser` with the family's call on the family's meta conditioning, one
+    guidance branch for ``B = 1`` and both for ``B = 2`` (the ``context`` argument is not used)."""
+
+    def __init__(self, config: _CallConfig):
+        super().__init__()
+        self.config = config
+        self.unet = config.model.family.meta_unet(config.model.unet_config)
+
+    @classmethod
+    def from_config(cls, config: _CallConfig) -> _FamilyUNet:
+        return cls(config)
+
+    def forward(self, latents: torch.Tensor, timestep: torch.Tensor, context: object = None) -> torch.Tensor:
+        family, job, batch = self.config.model.family, self.config.job, latents.shape[0]
+        if batch not in (1, 2):
+            raise ValueError(f"a UNet call is one or two guidance branches, not a batch of {batch}")
+        text = family.meta_condition(self.unet, job, tuple(latents.shape[-2:]))
+        inputs = functools.partial(family.unet_inputs, self.unet, job=job)
+        call = family.unet_call(self.unet, job, text)
+        denoiser = Denoiser(self.unet, text, 2.0 if batch == 2 else 1.0, None, inputs, call)
+        with torch.no_grad():
+            return denoiser.branch(latents, timestep, "cond") if batch == 1 else denoiser(latents[:1], timestep)
+
+
+def _layer_inputs(
+    probe: _FamilyUNet, layers: list[tuple[str, nn.Module]], frames: int, hw: tuple[int, int]
+) -> dict[str, tuple[int, ...]]:
+    """The input shape of each of ``layers`` (modules of ``probe.unet``) in one call on one guidance branch
+    of ``frames`` latent frames of ``hw``."""
+    seen: dict[str, tuple[int, ...]] = {}
+
+    def record(path: str, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        seen.setdefault(path, tuple(hidden.shape))
+
+    hooks = [m.register_forward_pre_hook(functools.partial(record, p), with_kwargs=True) for p, m in layers]
+    try:
+        probe(torch.empty(1, probe.config.in_channels, frames, *hw, device="meta"), torch.tensor(500))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+@dataclass
+class _ClipLayers:
+    """What a clip installer moves in one UNet call: ``call_bytes(clips, rank, batch)`` by kind, and the groups
+    of the temporal GroupNorms whose statistics it combines itself (``norms``; with patch workers their band
+    statistics travel as ``groupnorm_temporal`` instead of as patch GroupNorms)."""
+
+    call_bytes: Callable[[list[range], int, int], dict[str, float]]
+    norms: list[int]
+
+
 @dataclass
 class _TemporalShapes:
     """Per temporal conv layer ``(C, h, w, [groups of its four norms])``; per transformer its norm's groups
@@ -177,28 +273,10 @@ class _TemporalShapes:
     attentions: list[tuple[int, int, int]]
 
 
-def _temporal_shapes(
-    model: _Model, meta: nn.Module, job: JobConfig, frames: int, hw: tuple[int, int]
-) -> _TemporalShapes:
-    modules = model.family.temporal_modules(meta)
+def _temporal_shapes(probe: _FamilyUNet, frames: int, hw: tuple[int, int]) -> _TemporalShapes:
+    modules = probe.config.model.family.temporal_modules(probe.unet)
     frames = min(frames, modules.frame_limit or frames)  # the widths do not depend on the frame count
-    seen: dict[str, tuple] = {}
-    hooks = []
-
-    def record(path: str, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        hidden = args[0] if args else kwargs["hidden_states"]
-        seen.setdefault(path, tuple(hidden.shape))
-
-    for path, module in [*modules.convs, *modules.transformers, *modules.attentions()]:
-        hooks.append(module.register_forward_pre_hook(functools.partial(record, path), with_kwargs=True))
-    sample = torch.empty(1, meta.config.in_channels, frames, *hw, device="meta")
-    context = torch.empty(1, 1, meta.config.cross_attention_dim, device="meta")
-    try:
-        with torch.no_grad():
-            meta(sample, torch.tensor(500), **model.family.unet_inputs(meta, context, job))
-    finally:
-        for hook in hooks:
-            hook.remove()
+    seen = _layer_inputs(probe, [*modules.convs, *modules.transformers, *modules.attentions()], frames, hw)
     convs = []
     for path, layer in modules.convs:
         _, c, h, w = seen[path]  # [frames, C, h, w] at batch 1
@@ -251,30 +329,90 @@ def _clip_call_bytes(
     return out
 
 
-def _unet_batches(job: JobConfig, step_rank: int) -> list[int]:
-    """The batch of each of this step-rank's UNet calls, in order (a split ParaStep warm-up call has batch 1)."""
+def _unet3d_clip_layers(
+    probe: _FamilyUNet, job: JobConfig, frames: int, hw: tuple[int, int], element: int
+) -> _ClipLayers:
+    """:func:`parallel.clip.apply_clip_parallel`: temporal conv layers and transformers (UNet3D's kinds)."""
+    shapes = _temporal_shapes(probe, frames, hw)
+    norms = [g for *_, groups in shapes.convs for g in groups]
+    if clip_config(job).exact_groupnorm:
+        norms += [g for *_, g in shapes.transformers]
+    return _ClipLayers(functools.partial(_clip_call_bytes, shapes, job, element=element), norms)
+
+
+def _svd_clip_layers(probe: _FamilyUNet, job: JobConfig, frames: int, hw: tuple[int, int], element: int) -> _ClipLayers:
+    """:func:`parallel.svd.apply_svd_clip_parallel`: temporal ResNets and temporal self-attentions."""
+    from parallel.svd import clip_bytes_per_call
+
+    modules = probe.config.model.family.temporal_modules(probe.unet)
+    attentions = [(path, attn) for path, attn in modules.attentions() if not attn.is_cross_attention]
+    seen = _layer_inputs(probe, [*modules.convs, *attentions], frames, hw)
+    resnets = []
+    for path, block in modules.convs:
+        _, c, _, h, w = seen[path]  # [1, C, frames, h, w]
+        resnets.append((c, h * w, [block.norm1.num_groups, block.norm2.num_groups]))
+    tokens = [(seen[path][0], attn.to_k.out_features) for path, attn in attentions]  # [h * w, frames, C]
+    norms = [g for *_, groups in resnets for g in groups]
+    return _ClipLayers(functools.partial(clip_bytes_per_call, resnets, tokens, element_size=element), norms)
+
+
+CLIP_RULES: dict[str, Callable[[_FamilyUNet, JobConfig, int, tuple[int, int], int], _ClipLayers]] = {
+    "parallel.clip:apply_clip_parallel": _unet3d_clip_layers,
+    "parallel.svd:apply_svd_clip_parallel": _svd_clip_layers,
+}
+"""Clip installers (``ModelFamily.parallelize["clip"]``) whose traffic the plan predicts, and how."""
+
+PATCH_INSTALLERS = frozenset({"parallel.patch:apply_patch_parallel", "parallel.svd:apply_svd_patch_parallel"})
+"""Patch installers that move what :func:`parallel.patch.traffic_per_step` counts."""
+
+
+def _guides(family: ModelFamily, job: JobConfig, frames: range) -> bool:
+    """Whether the worker rendering ``frames`` guides: its guidance scale exceeds 1 on some frame."""
+    return bool((torch.as_tensor(family.guidance(job, frames)) > 1).any())
+
+
+def _first_step(family: ModelFamily, job: JobConfig) -> int:
+    """The first step the loop runs: later than 0 when an image prior starts from the image latent
+    (``image.strength`` below 1, docs/i2v.md)."""
+    return i2v_start_index(job.sampler.steps, job.image.strength) if family.uses_image_prior(job) else 0
+
+
+def _unet_batches(job: JobConfig, step_rank: int, guided: bool, start: int) -> list[int]:
+    """The batch of each of this step-rank's UNet calls from step ``start`` on, in order (a split ParaStep
+    warm-up call has batch 1)."""
     par = job.parallel
-    guided = job.sampler.guidance_scale > 1
     batch = 2 if guided and par.cfg == 1 else 1
     steps = job.sampler.steps
     if par.step == 1:
-        return [batch] * steps
+        return [batch] * (steps - start)
     config = step_config(job)
-    schedule = step_schedule(0, steps, config.warmup, par.step)
+    schedule = step_schedule(start, steps, config.warmup, par.step)
     split = config.warmup_split and guided and par.patch == 1 and par.cfg == 1
     warmup = [] if split and step_rank >= 2 else [1 if split else batch] * len(schedule.warmup)
     return warmup + [batch] * sum(len(r) > step_rank for r in schedule.rounds)
 
 
-def _step_bytes(job: JobConfig, latent_bytes: float) -> dict[str, float]:
+def _step_bytes(job: JobConfig, latent_bytes: float, guided: bool, start: int) -> dict[str, float]:
     """Bytes a step worker receives over the loop: the other ranks' outputs, once per round (and split warm-up step)."""
     par = job.parallel
     config = step_config(job)
-    schedule = step_schedule(0, job.sampler.steps, config.warmup, par.step)
+    schedule = step_schedule(start, job.sampler.steps, config.warmup, par.step)
     out = {"model_output": (par.step - 1) * latent_bytes * len(schedule.rounds)}
-    if config.warmup_split and job.sampler.guidance_scale > 1 and par.patch == 1 and par.cfg == 1:
+    if config.warmup_split and guided and par.patch == 1 and par.cfg == 1:
         out["warmup_branch"] = (par.step - 1) * latent_bytes * len(schedule.warmup)
     return {kind: value for kind, value in out.items() if value}
+
+
+def _unpredicted(model: _Model, job: JobConfig) -> list[str]:
+    """Why the traffic of an axis whose installer has no byte rule here is left out."""
+    par, installers, name = job.parallel, model.family.parallelize, model.family.name
+    out = []
+    if par.clip > 1 and installers["clip"] not in CLIP_RULES:
+        also = "; nor the patch GroupNorms, whose temporal ones it may combine itself" if par.patch > 1 else ""
+        out.append(f"clip: the {name} family's clip installer {installers['clip']} has no byte rule here{also}")
+    if par.patch > 1 and installers["patch"] not in PATCH_INSTALLERS:
+        out.append(f"patch: the {name} family's patch installer {installers['patch']} has no byte rule here")
+    return out
 
 
 def plan_render(job: JobConfig) -> RenderPlan:
@@ -298,16 +436,30 @@ def plan_render(job: JobConfig) -> RenderPlan:
     split = split_rows((height, width), par.patch, model.geometry.levels, par.patch_options.split)
     plan.split = split.dim if par.patch > 1 else None
     clips = job_clips(job)
+    guided = [_guides(model.family, job, clip) for clip in clips]
+    if len(set(guided)) > 1:
+        on = [_span((c.start, c.stop)) for c, g in zip(clips, guided, strict=True) if g]
+        plan.problems.append(
+            f"parallel.clip: the guidance scale exceeds 1 in the frames of clips {', '.join(on)} only, so the clip "
+            "workers' UNet batches would differ and their exchanges would not match; use guidance scales that are "
+            "above 1 on every clip or on none, or fewer clip workers"
+        )
+        return plan
+    plan.unpredicted = _unpredicted(model, job)
+    start = _first_step(model.family, job)
     mesh = ParallelPlan(clip=par.clip, patch=par.patch, step=par.step, cfg=par.cfg)
-    meta = model.family.meta_unet(model.unet_config)
+    probe = _FamilyUNet(_CallConfig(model, job))
     element = torch.finfo(DTYPES[job.model.dtype]).bits // 8
-    shapes: dict[int, _TemporalShapes] = {}
+    clip_rule = CLIP_RULES.get(model.family.parallelize["clip"]) if par.clip > 1 else None
+    clip_layers: dict[int, _ClipLayers] = {}
+
+    def spatial_modules(meta: _FamilyUNet) -> SpatialModules:
+        return model.family.spatial_modules(meta.unet)
 
     @functools.cache
     def patch_bytes(batch: int, frames: int, synchronous: bool, rank: int) -> dict[str, float]:
-        return traffic_per_step(
-            meta, split, patch_config(job), batch, frames, element, synchronous, rank, model.family.spatial_modules
-        )
+        config = patch_config(job)
+        return traffic_per_step(probe, split, config, batch, frames, element, synchronous, rank, spatial_modules)
 
     for rank in range(mesh.world_size):
         coords = mesh.coords(rank)
@@ -317,16 +469,29 @@ def plan_render(job: JobConfig) -> RenderPlan:
         share.decodes = _decoded(job, coords, frames)
         share.calls = [
             (batch, index < par.patch_options.warmup_steps or par.patch_options.mode == "sync")
-            for index, batch in enumerate(_unet_batches(job, coords["step"]))
+            for index, batch in enumerate(_unet_batches(job, coords["step"], guided[coords["clip"]], start))
         ]
         plan.workers.append(share)
-        if len(frames) not in shapes and par.clip > 1:
-            shapes[len(frames)] = _temporal_shapes(model, meta, job, len(frames), split.local_hw(0))
-        plan.traffic.append(
-            _worker_traffic(
-                job, patch_bytes, split, clips, coords, share.calls, shapes.get(len(frames)), element, channels
-            )
+        if clip_rule is not None and len(frames) not in clip_layers:
+            clip_layers[len(frames)] = clip_rule(probe, job, len(frames), split.local_hw(0), element)
+        traffic = _worker_traffic(
+            job,
+            patch_bytes if par.patch > 1 and model.family.parallelize["patch"] in PATCH_INSTALLERS else None,
+            split,
+            clips,
+            coords,
+            share.calls,
+            clip_layers.get(len(frames)),
+            guided[coords["clip"]],
+            start,
+            channels,
         )
+        decode = share.decodes is not None and par.clip > 1
+        halo = (model.family.decode_halo(job) or 0) if decode else 0
+        if halo:  # whole latent frames of the neighbouring clips, float32 like the latents
+            received = context_bytes(clips, coords["clip"], halo, channels * height * width * 4.0)
+            traffic.setdefault("clip", {})["decode_halo"] = received
+        plan.traffic.append(traffic)
     return plan
 
 
@@ -341,15 +506,18 @@ def _decoded(job: JobConfig, coords: dict[str, int], frames: range) -> tuple[int
 
 def _worker_traffic(
     job: JobConfig,
-    patch_bytes: Callable[[int, int, bool, int], dict[str, float]],
+    patch_bytes: Callable[[int, int, bool, int], dict[str, float]] | None,
     split: PatchSplit,
     clips: list[range],
     coords: dict[str, int],
     calls: list[tuple[int, bool]],
-    shapes: _TemporalShapes | None,
-    element: int,
+    clip_layers: _ClipLayers | None,
+    guided: bool,
+    start: int,
     latent_channels: int,
 ) -> dict[str, dict[str, float]]:
+    """Bytes this worker receives over the loop by axis and kind; an axis whose installer has no rule
+    (``patch_bytes`` None, or no ``clip_layers`` with clip workers) is left out, with its patch GroupNorms."""
     par = job.parallel
     frames = len(clips[coords["clip"]])
     out: dict[str, dict[str, float]] = {}
@@ -359,26 +527,24 @@ def _worker_traffic(
         for kind, value in kinds.items():
             into[kind] = into.get(kind, 0.0) + value
 
-    temporal_norms: list[int] = []  # groups of the temporal GroupNorms clip parallelism computes itself
-    if par.clip > 1 and shapes is not None:
-        temporal_norms = [g for *_, groups in shapes.convs for g in groups]
-        if clip_config(job).exact_groupnorm:
-            temporal_norms += [g for *_, g in shapes.transformers]
+    temporal_norms = clip_layers.norms if clip_layers is not None else []
     for batch, synchronous in calls:
-        if par.clip > 1 and shapes is not None:
-            add("clip", _clip_call_bytes(shapes, job, clips, coords["clip"], batch, element))
-        if par.patch > 1:
+        if clip_layers is not None:
+            add("clip", clip_layers.call_bytes(clips, coords["clip"], batch))
+        if patch_bytes is not None:
             kinds = dict(patch_bytes(batch, frames, synchronous, coords["patch"]))
             if temporal_norms:  # their band statistics travel as groupnorm_temporal, not as patch GroupNorms
                 kinds["groupnorm"] -= sum(2 * batch * g * 8 for g in temporal_norms)
                 kinds["groupnorm_temporal"] = sum(_norm_bytes(batch, g, par.patch - 1) for g in temporal_norms)
+            elif par.clip > 1 and clip_layers is None:  # an unknown clip installer may take over temporal norms
+                kinds.pop("groupnorm", None)
             add("patch", kinds)
     band_h, band_w = split.local_hw(0)
     if par.cfg == 2:  # the other branch's guided-output band, float32 like the latents, once per call
         add("cfg", {"output": len(calls) * latent_channels * frames * band_h * band_w * 4.0})
     if par.step > 1:
         h, w = split.latent_hw
-        add("step", _step_bytes(job, latent_channels * frames * h * w * 4.0))
+        add("step", _step_bytes(job, latent_channels * frames * h * w * 4.0, guided, start))
     return {axis: {k: v for k, v in kinds.items() if v} for axis, kinds in out.items() if any(kinds.values())}
 
 
@@ -409,8 +575,12 @@ def format_plan(plan: RenderPlan, source: str) -> str:
         for axis, kinds in mean.items():
             for kind, value in sorted(kinds.items()):
                 lines.append(f"  {axis:<6} {kind:<20} {_mb(value):>12}  {_mb(value / plan.steps):>12}/step")
-    elif plan.workers and plan.world_size > 1:
+    elif plan.workers and plan.world_size > 1 and not plan.unpredicted:
         lines.append("no communication in the denoising loop")
+    if plan.unpredicted:
+        lines.append("")
+        lines.append("not predicted (left out of the bytes above):")
+        lines.extend(f"  {note}" for note in plan.unpredicted)
     lines.append("")
     if plan.problems:
         lines.append(f"the render would stop with {len(plan.problems)} error(s):")
