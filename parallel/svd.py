@@ -1,8 +1,9 @@
 """Clip and patch parallelism for Stable Video Diffusion's ``UNetSpatioTemporalConditionModel``.
 
-**Clip** (Video-Infinity's frame split, arXiv 2406.16260, in its exact form). Each worker owns a
-contiguous clip of frames and calls the UNet on its frames only; whatever mixes frames gets what it
-needs from the other clips, so every clip's output equals the same frames of the whole-video call:
+**Clip** (Video-Infinity's frame split, arXiv 2406.16260, section 4). Each worker owns a contiguous clip
+of frames and calls the UNet on its frames only; whatever mixes frames gets what it needs from the
+other clips. In exact mode (``parallel.clip_mode: exact``) every clip's output equals the same frames
+of the whole-video call:
 
 ``TemporalResnetBlock``: ``norm1 -> SiLU -> conv1 -> + temb -> norm2 -> SiLU -> conv2``, plus the input
     Both convs are Conv3d with a ``(3, 1, 1)`` kernel, so one halo exchange of the block's input brings
@@ -22,6 +23,22 @@ Frame positions
     ``TransformerSpatioTemporalModel`` adds ``time_pos_embed(time_proj(f))`` to the tokens of frame ``f``
     with ``f = arange(F_local)``; its ``time_proj`` is given ``f + clip start``, so every frame carries
     its global index as on one worker.
+
+**Dual-scope** (``parallel.clip_mode: dual_scope``, the paper's section 4.2; the mathematics is
+:mod:`parallel.dual_scope`). The temporal self-attention of a query at global frame ``i`` sees, in one
+softmax, the frames within ``local_radius`` of ``i`` and the global frames spread over the video, with
+the timestep's scope biases; :class:`parallel.clip.ClipAttnProcessor` does it on a clip with one
+exchange per attention of the ``local_radius`` edge frames' and the owned global frames' keys and values
+(``attn_scope`` traffic). Everything else is as in exact mode. The frame positions are added to the
+hidden states *before* the temporal block, so the exchanged keys and values already carry each frame's
+global index, and the positions need no windows (sinusoidal, no length limit). ``parallel.groupnorm:
+local`` gives the temporal ResNets' GroupNorms each clip's own statistics (its ``[halo | clip | halo]``
+normalised with them), sending nothing; ``exact`` combines them as above. The clips equal
+:func:`apply_svd_dual_scope_reference`, the same attention over the whole video in one process.
+
+The schedule compares ``switch_timestep`` with the timestep the UNet is called with; SVD's Euler
+sampler calls it with ``c_noise = ln(sigma) / 4`` (1.64 at ``sigma = 700`` down to -1.55 at 0.002), not
+with DDPM's 0..1000.
 
 The spatial ResNets and transformers, the ``AlphaBlender`` mixes and the per-frame GroupNorms act on
 each frame alone. Installed through attention processors and per-instance ``forward`` wrappers, found by
@@ -43,21 +60,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 from diffusers.models.resnet import TemporalResnetBlock
 from torch import nn
 
-from parallel.clip import ClipParallelConfig
-from parallel.comm import AxisComm, combine_stats
+from parallel.clip import ClipAttnProcessor, ClipParallelConfig, _ClipState
+from parallel.comm import AxisComm
 from parallel.dual_scope import (
-    apply_group_norm,
-    check_temporal_call,
-    group_stats,
+    DualScopeConfig,
+    ReferenceHandle,
+    TimestepRecorder,
+    _ReferenceProcessor,
+    _ReferenceState,
+    global_frame_indices,
+    group_norm_with_stats_of,
     patch_forward,
-    temporal_kv,
-    temporal_output,
-    temporal_q,
 )
 from parallel.patch import PatchParallelConfig, PatchParallelHandle, PatchSplit, apply_patch_parallel
 from videogen.errors import ConfigError
@@ -70,31 +87,14 @@ __all__ = [
     "SvdClipHandle",
     "SvdPatchHandle",
     "apply_svd_clip_parallel",
+    "apply_svd_dual_scope_reference",
     "apply_svd_patch_parallel",
     "clip_bytes_per_call",
+    "scope_bytes_per_call",
 ]
 
 TEMPORAL_HALO = 2
 """Frames a ``TemporalResnetBlock`` needs from each neighbouring clip: one per ``(3, 1, 1)`` conv."""
-
-
-class _ClipState:
-    """This worker's clip, every clip's length and the communicators, shared by all installed pieces."""
-
-    def __init__(self, comm: AxisComm, clips: list[range], band_comm: AxisComm | None):
-        self.comm = comm
-        self.band_comm = band_comm
-        self.clips = clips
-        self.frames = clips[comm.rank]
-        self.sizes = [len(c) for c in clips]
-
-    def group_norm(self, norm: nn.GroupNorm, x: torch.Tensor, own: slice) -> torch.Tensor:
-        """GroupNorm of ``x`` ``[B, C, frames, h, w]`` with the whole video's statistics, from frames ``own``."""
-        mean, var, count = group_stats(norm, x, own)
-        if self.band_comm is not None:
-            mean, var, count = combine_stats(self.band_comm, mean, var, count, "groupnorm_temporal")
-        mean, var, _ = combine_stats(self.comm, mean, var, count, "groupnorm")
-        return apply_group_norm(norm, x, mean, var)
 
 
 def _check_resnet(path: str, block: TemporalResnetBlock) -> None:
@@ -118,6 +118,29 @@ def _edge_padded(t: torch.Tensor, left: int, right: int) -> torch.Tensor:
     return torch.cat([t[:, :1].expand(-1, left, -1), t, t[:, -1:].expand(-1, right, -1)], dim=1)
 
 
+_GroupNormWith = Callable[[nn.GroupNorm, torch.Tensor, slice], torch.Tensor]
+"""``(norm, x, own) ->`` GroupNorm of ``x`` ``[B, C, frames, h, w]`` with the statistics it takes for frames ``own``."""
+
+
+def _window_resnet(
+    block: TemporalResnetBlock, x: torch.Tensor, own: slice, temb: torch.Tensor | None, group_norm: _GroupNormWith
+) -> torch.Tensor:
+    """``TemporalResnetBlock.forward`` on frames ``own`` of ``x`` ``[B, C, frames, h, w]``, which holds up to
+    :data:`TEMPORAL_HALO` frames each side of them; ``temb`` ``[B, len(own), D]`` is those frames' time embedding."""
+    h = group_norm(block.norm1, x, own)
+    h = block.conv1(block.nonlinearity(h))
+    if block.time_emb_proj is not None:
+        if not torch.equal(temb, temb[:, :1].expand_as(temb)):
+            raise ValueError("clip-sharded temporal ResNets need one time embedding for all frames of a video")
+        t = block.time_emb_proj(block.nonlinearity(temb))
+        h = h + _edge_padded(t, own.start, x.shape[2] - own.stop)[:, :, :, None, None].permute(0, 2, 1, 3, 4)
+    h = group_norm(block.norm2, h, own)
+    h = block.conv2(block.dropout(block.nonlinearity(h)))
+    input_tensor = x[:, :, own]
+    shortcut = input_tensor if block.conv_shortcut is None else block.conv_shortcut(input_tensor)
+    return shortcut + h[:, :, own]
+
+
 def _clip_resnet(
     block: TemporalResnetBlock, state: _ClipState, input_tensor: torch.Tensor, temb: torch.Tensor | None
 ) -> torch.Tensor:
@@ -125,44 +148,13 @@ def _clip_resnet(
     frames = input_tensor.shape[2]
     left, right = state.comm.halo_exchange(input_tensor, 2, TEMPORAL_HALO, "conv_halo")
     lo = 0 if left is None else TEMPORAL_HALO
-    hi = 0 if right is None else TEMPORAL_HALO
-    own = slice(lo, lo + frames)
-    h = torch.cat([p for p in (left, input_tensor, right) if p is not None], dim=2)
-    h = state.group_norm(block.norm1, h, own)
-    h = block.conv1(block.nonlinearity(h))
-    if block.time_emb_proj is not None:
-        if not torch.equal(temb, temb[:, :1].expand_as(temb)):
-            raise ValueError("clip-sharded temporal ResNets need one time embedding for all frames of a video")
-        t = block.time_emb_proj(block.nonlinearity(temb))
-        h = h + _edge_padded(t, lo, hi)[:, :, :, None, None].permute(0, 2, 1, 3, 4)
-    h = state.group_norm(block.norm2, h, own)
-    h = block.conv2(block.dropout(block.nonlinearity(h)))
-    shortcut = input_tensor if block.conv_shortcut is None else block.conv_shortcut(input_tensor)
-    return shortcut + h[:, :, own]
+    x = torch.cat([p for p in (left, input_tensor, right) if p is not None], dim=2)
+    return _window_resnet(block, x, slice(lo, lo + frames), temb, state.group_norm)
 
 
-class SvdClipAttnProcessor:
-    """Temporal self-attention over every clip's frames: all keys and values gathered, own queries."""
-
-    def __init__(self, state: _ClipState):
-        self.state = state
-
-    def __call__(
-        self,
-        attn: Attention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        check_temporal_call(attn, encoder_hidden_states, attention_mask)
-        kv = torch.stack(temporal_kv(attn, hidden_states))  # [2, N, heads, frames, d]: K and V travel together
-        flight = self.state.comm.start_all_gather_uneven(kv, 3, self.state.sizes, "attn_kv")
-        del kv
-        q = temporal_q(attn, hidden_states)  # computed while the gather is in flight
-        kv = flight.wait()
-        out = F.scaled_dot_product_attention(q, kv[0], kv[1], scale=attn.scale)
-        return temporal_output(attn, out, hidden_states)
+def _self_attentions(modules: TemporalModules) -> list[Attention]:
+    """The temporal self-attentions (``attn1``); the cross-attentions to the image embedding act per frame."""
+    return [attn for _, attn in modules.attentions() if not attn.is_cross_attention]
 
 
 def _global_positions(forward: Callable[[torch.Tensor], torch.Tensor], offset: int, frames: torch.Tensor):
@@ -183,8 +175,9 @@ class SvdClipHandle:
             self._undo.pop()()
 
 
-def _agree_on_clips(comm: AxisComm, frames: range, num_frames: int) -> list[range]:
-    """Every rank's clip, checked on every rank alike to tile the video in rank order."""
+def _agree_on_clips(comm: AxisComm, frames: range, num_frames: int, config: ClipParallelConfig) -> list[range]:
+    """Every rank's clip, checked on every rank alike to tile the video in rank order and to hold the
+    frames its neighbours take from it."""
     mine = torch.tensor([frames.start, frames.stop, num_frames], device=comm.device)
     rows = [r.tolist() for r in comm.all_gather(mine, "setup")]
     clips = [range(row[0], row[1]) for row in rows]
@@ -192,9 +185,10 @@ def _agree_on_clips(comm: AxisComm, frames: range, num_frames: int) -> list[rang
     tiled = all(a == b for a, b in zip(bounds[0::2], bounds[1::2], strict=True))
     if any(row[2] != num_frames for row in rows) or not tiled:
         raise ConfigError(f"the clips {clips} do not tile the {num_frames} frames in rank order")
-    if len(clips) > 1 and min(len(c) for c in clips) < TEMPORAL_HALO:
+    halo = TEMPORAL_HALO if config.mode == "exact" else max(TEMPORAL_HALO, config.dual_scope.local_radius)
+    if len(clips) > 1 and min(len(c) for c in clips) < halo:
         raise ConfigError(
-            f"a clip of {min(len(c) for c in clips)} frames is shorter than the {TEMPORAL_HALO}-frame temporal halo; "
+            f"a clip of {min(len(c) for c in clips)} frames is shorter than the {halo}-frame temporal halo; "
             "use fewer clip workers or more frames"
         )
     return clips
@@ -229,6 +223,31 @@ def clip_bytes_per_call(
     return out
 
 
+def scope_bytes_per_call(
+    attentions: list[tuple[int, int]],
+    clips: list[range],
+    rank: int,
+    batch: int,
+    element_size: int,
+    config: DualScopeConfig,
+) -> float:
+    """Bytes clip worker ``rank`` receives in one UNet call of batch ``batch`` in the ``attn_scope``
+    exchanges of dual-scope mode, which take the place of exact mode's ``attn_kv``
+    (:func:`clip_bytes_per_call` gives the other kinds; ``groupnorm`` only with exact statistics).
+    ``attentions`` as there: per temporal self-attention its tokens per frame ``h w`` and inner width.
+
+    Per attention, K and V (``2 x B h w x inner`` per frame) of the ``local_radius`` edge frames of each
+    neighbouring clip and of the global frames each other clip owns.
+    """
+    glob = global_frame_indices(clips[-1].stop, config.global_frames)
+    frames_in = sum(
+        (config.local_radius if abs(peer - rank) == 1 else 0) + sum(1 for g in glob if g in clip)
+        for peer, clip in enumerate(clips)
+        if peer != rank
+    )
+    return float(sum(2 * batch * pixels * inner * frames_in * element_size for pixels, inner in attentions))
+
+
 def apply_svd_clip_parallel(
     unet: nn.Module,
     comm: AxisComm,
@@ -238,23 +257,22 @@ def apply_svd_clip_parallel(
     band_comm: AxisComm | None = None,
     modules: TemporalModules | None = None,
 ) -> SvdClipHandle:
-    """Install exact clip parallelism on an SVD ``unet``: this worker owns frames ``frames`` of ``num_frames``.
+    """Install clip parallelism on an SVD ``unet``: this worker owns frames ``frames`` of ``num_frames``.
 
-    The signature of :func:`parallel.clip.apply_clip_parallel`; only ``config.mode == "exact"``. Every rank
-    of ``comm`` must call it (one small collective checks that the clips tile the video).
+    The signature of :func:`parallel.clip.apply_clip_parallel`, exact or dual-scope (module docstring).
+    Every rank of ``comm`` must call it (one small collective checks that the clips tile the video).
     """
-    if config.mode != "exact":
-        raise ConfigError(f"parallel.clip_mode: Stable Video Diffusion runs exact clips only, not {config.mode}")
     modules = modules if modules is not None else family_named("svd").temporal_modules(unet)
-    attentions = [attn for _, attn in modules.attentions() if not attn.is_cross_attention]
-    if any(isinstance(attn.processor, SvdClipAttnProcessor) for attn in attentions):
+    attentions = _self_attentions(modules)
+    if any(isinstance(attn.processor, ClipAttnProcessor) for attn in attentions):
         raise RuntimeError("clip parallelism is already installed on this UNet; remove it first")
     for path, block in modules.convs:
         _check_resnet(path, block)
-    clips = _agree_on_clips(comm, frames, num_frames)
-    state = _ClipState(comm, clips, band_comm)
+    clips = _agree_on_clips(comm, frames, num_frames, config)
+    recorder = TimestepRecorder()
+    state = _ClipState(comm, clips, num_frames, config, recorder, band_comm)
     undo: list[Callable[[], None]] = []
-    processor = SvdClipAttnProcessor(state)
+    processor = ClipAttnProcessor(state)
     for attn in attentions:
         previous = attn.processor
         attn.set_processor(processor)
@@ -263,7 +281,59 @@ def apply_svd_clip_parallel(
         undo.append(patch_forward(block, functools.partial(_clip_resnet, block, state)))
     for _, proj in modules.positions:
         undo.append(patch_forward(proj, functools.partial(_global_positions, proj.forward, state.frames.start)))
+    if config.mode == "dual_scope":
+        undo.append(recorder.attach(unet).remove)
     return SvdClipHandle(state.frames, clips, comm, undo)
+
+
+def _reference_resnet(
+    block: TemporalResnetBlock, clips: list[range], input_tensor: torch.Tensor, temb: torch.Tensor | None
+) -> torch.Tensor:
+    """``TemporalResnetBlock.forward`` on the whole video with each clip's own GroupNorm statistics: each
+    clip's frames computed on a window of up to :data:`TEMPORAL_HALO` frames each side, as its worker does."""
+    num_frames = input_tensor.shape[2]
+    bounds = [0] + [b for c in clips for b in (c.start, c.stop)] + [num_frames]
+    if any(a != b for a, b in zip(bounds[0::2], bounds[1::2], strict=True)):
+        raise ValueError(f"clips {clips} do not tile the {num_frames} frames of this call")
+    outs = []
+    for clip in clips:
+        lo, hi = max(0, clip.start - TEMPORAL_HALO), min(num_frames, clip.stop + TEMPORAL_HALO)
+        own = slice(clip.start - lo, clip.stop - lo)
+        part = None if temb is None else temb[:, clip.start : clip.stop]
+        outs.append(_window_resnet(block, input_tensor[:, :, lo:hi], own, part, group_norm_with_stats_of))
+    return torch.cat(outs, dim=2)
+
+
+def apply_svd_dual_scope_reference(
+    unet: nn.Module,
+    config: DualScopeConfig,
+    local_groupnorm_clips: list[range] | None = None,
+    modules: TemporalModules | None = None,
+) -> ReferenceHandle:
+    """Single-process dual-scope attention on an SVD ``unet``, then called on the whole video: the oracle of
+    :func:`apply_svd_clip_parallel` in dual-scope mode.
+
+    Every temporal self-attention gets :mod:`parallel.dual_scope`'s reference processor (each frame's
+    keys masked to its local band, then the global frames' keys, with the scope biases of the UNet call's
+    timestep); the frame positions stay the model's own, whose ``arange(F)`` are the global indices. With
+    ``local_groupnorm_clips`` (the clips of a ``parallel.groupnorm: local`` run) the temporal ResNets take
+    each clip's own GroupNorm statistics on a window of the clip and its halo, the formulation the clip
+    workers use; without, the model's whole-video GroupNorms.
+    """
+    modules = modules if modules is not None else family_named("svd").temporal_modules(unet)
+    recorder = TimestepRecorder()
+    processor = _ReferenceProcessor(_ReferenceState(config, recorder))
+    undo: list[Callable[[], None]] = []
+    for attn in _self_attentions(modules):
+        undo.append(functools.partial(attn.set_processor, attn.processor))
+        attn.set_processor(processor)
+    if local_groupnorm_clips is not None:
+        clips = list(local_groupnorm_clips)
+        for path, block in modules.convs:
+            _check_resnet(path, block)
+            undo.append(patch_forward(block, functools.partial(_reference_resnet, block, clips)))
+    undo.append(recorder.attach(unet).remove)
+    return ReferenceHandle(undo, recorder)
 
 
 @dataclass

@@ -2,8 +2,10 @@
 
 Oracles: our single-worker render equals diffusers' ``StableVideoDiffusionPipeline`` on the same initial
 latents, image and augmentation noise; cfg, ParaStep with a warm-up over every step, exact clips (2 and 3
-workers, uneven) and synchronous patches each equal the single worker. Decoding split by clips differs from
-one whole-video decode near the clip boundaries only, within the tolerance docs/svd.md states.
+workers, uneven) and synchronous patches each equal the single worker; dual-scope clips (2 and 3 workers,
+uneven, exact and clip-local GroupNorm, with and without patches) equal the single-process dual-scope
+reference. Decoding split by clips differs from one whole-video decode near the clip boundaries only, within
+the tolerance docs/svd.md states.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ import torch
 import yaml
 from PIL import Image
 
+from parallel.dual_scope import DualScopeConfig
+from parallel.job_plan import clip_config, job_clips
 from parallel.launch import run_local
 from parallel.runner import render_parallel
+from parallel.svd import apply_svd_dual_scope_reference, scope_bytes_per_call
 from parallel.svd_decode import segment_window
 from parallel.testing import clip_latents_worker
 from videogen import cli
@@ -216,6 +221,78 @@ def test_parastep_after_one_warm_up_step_is_approximate(svd_job):
     single, _ = _single(job)
     error = (_joined(run_local(clip_latents_worker, 2, job, num_threads=1)) - single).abs().max().item()
     assert 1e-4 < error < 10 * single.abs().max().item()
+
+
+SMALL_SCOPE = {"local_radius": 2, "global_frames": 3, "switch_timestep": 0.5}
+"""Dual-scope settings the tiny SVD's 3 Euler steps straddle: its UNet timesteps are ``ln(sigma) / 4`` = 1.64,
+0.69 (global scope favoured) and -1.55 (local scope favoured)."""
+
+
+def test_svd_dual_scope_reference_masks_the_temporal_self_attention_only(svd_job):
+    check_model_limits(svd_job(parallel={"clip": 2, "clip_mode": "dual_scope", "dual_scope": SMALL_SCOPE}))
+    unet = load_bundle(svd_job().model).unet
+    gen = torch.Generator().manual_seed(0)
+    sample, image = torch.randn(1, 9, 8, 16, 16, generator=gen), torch.randn(1, 1, 32, generator=gen)
+
+    def call(t):
+        with torch.no_grad():
+            return unet(sample, t, encoder_hidden_states=image, added_time_ids=torch.tensor([[6.0, 127, 0.02]])).sample
+
+    exact = call(1.0)
+    processors = {name: type(p) for name, p in unet.attn_processors.items()}
+    scoped = {}
+    for switch in (0.5, 2.0):  # t = 1 favours the global scope, then the local one
+        config = DualScopeConfig(**{**SMALL_SCOPE, "switch_timestep": switch})
+        handle = apply_svd_dual_scope_reference(unet, config)
+        replaced = {name for name, p in unet.attn_processors.items() if type(p) is not processors[name]}
+        scoped[switch] = call(1.0)
+        handle.remove()
+    temporal_self = {n for n in processors if ".temporal_transformer_blocks." in n and ".attn1." in n}
+    assert temporal_self and replaced == temporal_self
+    assert min((out - exact).abs().max().item() for out in scoped.values()) > 1e-2
+    assert (scoped[0.5] - scoped[2.0]).abs().max().item() > 1e-2
+    assert torch.equal(call(1.0), exact)  # removed exactly
+
+
+def _attention_tokens(unet, bands: int) -> list[tuple[int, int]]:
+    """``(h w, inner width)`` of every temporal self-attention on one of ``bands`` row bands of the tests'
+    16x16 latents."""
+    shapes = []
+    for name, module in unet.named_modules():
+        if name.endswith(".attn1") and ".temporal_transformer_blocks." in name:
+            side = 8 if name.startswith("mid_block") else 16
+            shapes.append((side * side // bands, module.to_k.out_features))
+    return shapes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("workers", "frames", "groupnorm", "patch"), [(2, 9, "exact", 1), (3, 13, "local", 1), (2, 9, "local", 2)]
+)
+def test_dual_scope_clips_equal_the_single_process_reference(svd_job, workers, frames, groupnorm, patch):
+    parallel = {"clip": workers, "clip_mode": "dual_scope", "groupnorm": groupnorm, "dual_scope": SMALL_SCOPE}
+    if patch > 1:
+        parallel.update(patch=patch, patch_options={"mode": "sync", "groupnorm": "exact"})
+    job = svd_job(video={"num_frames": frames}, parallel={"launcher": "local", **parallel})
+    parts = run_local(clip_latents_worker, workers * patch, job, num_threads=1)
+    config, clips = clip_config(job), job_clips(job)
+    bundle = load_bundle(job.model)
+
+    def install(unet, denoiser):
+        local = clips if groupnorm == "local" else None
+        return apply_svd_dual_scope_reference(unet, config.dual_scope, local).remove
+
+    reference, evaluations, _ = denoise(job, bundle, job.noise.seed, WorkerSlot(install=install), progress=False)
+    assert (_joined(parts) - reference).abs().max().item() <= 1e-4
+    assert (reference - _single(job)[0]).abs().max().item() > 1e-3  # not the exact render
+
+    attentions = _attention_tokens(bundle.unet, patch)
+    for part in parts:
+        traffic, rank = part["traffic"], clips.index(part["frames"])
+        assert {"attn_kv", "groupnorm"} & set(traffic) == ({"groupnorm"} if groupnorm == "exact" else set())
+        per_call = scope_bytes_per_call(attentions, clips, rank, 2, 4, config.dual_scope)  # both guidance branches
+        assert traffic["attn_scope"]["bytes_received"] == evaluations * per_call
+        assert traffic["attn_scope"]["calls"] == evaluations * len(attentions)
 
 
 def test_patch_window_cuts_the_image_latent(svd_job):

@@ -216,8 +216,6 @@ class SvdFamily(ModelFamily):
             out.append(("image.path", "Stable Video Diffusion animates an image: give the image to start from"))
         if job.prompts.schedule:
             out.append(("prompts.schedule", "Stable Video Diffusion reads no text; remove the prompt schedule"))
-        if job.parallel.clip > 1 and job.parallel.clip_mode != "exact":
-            out.append(("parallel.clip_mode", "Stable Video Diffusion's clips run exact temporal attention only"))
         shortest = job.video.num_frames // max(job.parallel.clip, 1)
         if job.parallel.clip > 1 and job.svd.decode_halo > shortest:
             out.append(
