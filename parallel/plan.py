@@ -28,10 +28,11 @@ is decided by the installer the family names for each axis (``ModelFamily.parall
   decoding clip worker take that many latent frames from each neighbouring clip once, after the loop
   (:func:`parallel.svd_decode.context_bytes`).
 
-Guidance is on for a worker when the family's guidance scale of its frames exceeds 1 anywhere (per-frame
-scales included). Bytes received per worker over the denoising loop and the decode are predicted;
-setup exchanges (agreeing on clips, sharing the image latent, gathering the reports) are not part of
-it. An axis whose installer has no rule here is not guessed: :attr:`RenderPlan.unpredicted` says so.
+Guidance is on for every worker when the family's guidance scale exceeds 1 on any frame of the video
+(per-frame scales included), as the render decides it. Bytes received per worker over the denoising
+loop and the decode are predicted; setup exchanges (agreeing on clips, sharing the image latent,
+gathering the reports) are not part of it. An axis whose installer has no rule here is not guessed:
+:attr:`RenderPlan.unpredicted` says so.
 """
 
 from __future__ import annotations
@@ -367,7 +368,7 @@ PATCH_INSTALLERS = frozenset({"parallel.patch:apply_patch_parallel", "parallel.s
 
 
 def _guides(family: ModelFamily, job: JobConfig, frames: range) -> bool:
-    """Whether the worker rendering ``frames`` guides: its guidance scale exceeds 1 on some frame."""
+    """Whether the guidance scale of ``frames`` exceeds 1 on some frame."""
     return bool((torch.as_tensor(family.guidance(job, frames)) > 1).any())
 
 
@@ -436,15 +437,7 @@ def plan_render(job: JobConfig) -> RenderPlan:
     split = split_rows((height, width), par.patch, model.geometry.levels, par.patch_options.split)
     plan.split = split.dim if par.patch > 1 else None
     clips = job_clips(job)
-    guided = [_guides(model.family, job, clip) for clip in clips]
-    if len(set(guided)) > 1:
-        on = [_span((c.start, c.stop)) for c, g in zip(clips, guided, strict=True) if g]
-        plan.problems.append(
-            f"parallel.clip: the guidance scale exceeds 1 in the frames of clips {', '.join(on)} only, so the clip "
-            "workers' UNet batches would differ and their exchanges would not match; use guidance scales that are "
-            "above 1 on every clip or on none, or fewer clip workers"
-        )
-        return plan
+    guided = [_guides(model.family, job, range(job.video.num_frames))] * len(clips)
     plan.unpredicted = _unpredicted(model, job)
     start = _first_step(model.family, job)
     mesh = ParallelPlan(clip=par.clip, patch=par.patch, step=par.step, cfg=par.cfg)

@@ -357,6 +357,21 @@ def test_image_prior_pins_the_first_frame_to_the_image_latent(svd_job, first_fra
 
 
 @pytest.mark.slow
+def test_clips_whose_own_scales_differ_guide_as_the_video_does(svd_job):
+    """Scales from 0 to 1.5 over 8 frames pass 1 in the second clip only: both clips evaluate both branches,
+    as the one worker does for the whole video (diffusers guides when the largest scale passes 1)."""
+    job = svd_job(
+        video={"num_frames": 8},
+        parallel={"launcher": "local", "clip": 2},
+        svd={"min_guidance_scale": 0.0, "max_guidance_scale": 1.5},
+    )
+    single, _ = _single(job)
+    parts = run_local(clip_latents_worker, 2, job, num_threads=1)
+    assert all(p["evaluations"] == parts[0]["evaluations"] for p in parts)
+    assert (_joined(parts) - single).abs().max().item() <= 1e-4
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sections",
     [

@@ -289,7 +289,8 @@ def denoise(
     remove_context = install_frame_context(unet, frame_context, keys) if frame_context else None
     inputs = functools.partial(family.unet_inputs, unet, job=job)
     call = family.unet_call(unet, job, text)
-    denoiser = Denoiser(unet, text, family.guidance(job, frames), frame_context, inputs, call)
+    guided = bool((torch.as_tensor(family.guidance(job, range(job.video.num_frames))) > 1.0).any())
+    denoiser = Denoiser(unet, text, family.guidance(job, frames), frame_context, inputs, call, guided)
     remove_parallel = slot.install(bundle.unet, denoiser) if slot.install else None
     try:
         scheduler = make_scheduler(sampler_name(job, bundle.family), bundle.scheduler_config, job.model.prediction_type)

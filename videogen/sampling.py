@@ -107,8 +107,10 @@ class Denoiser:
         frame_context: FrameContext | None = None,
         inputs: UnetInputs | None = None,
         call: UnetCall | None = None,
+        guided: bool | None = None,
     ):
         self.unet = unet
+        self._guided = guided
         self.inputs = inputs or _context_only
         self.call = call or self._call_unet
         self.dtype = next(unet.parameters()).dtype  # ModelMixin.dtype walks every parameter
@@ -122,6 +124,10 @@ class Denoiser:
 
     @property
     def guided(self) -> bool:
+        """Whether both branches are evaluated: as given (a clip worker passes the whole video's answer, so
+        workers whose own frames' scales differ still agree), else whether any scale is above 1."""
+        if self._guided is not None:
+            return self._guided
         return bool((torch.as_tensor(self.guidance_scale) > 1.0).any())
 
     def _context(self, num_frames: int) -> torch.Tensor:

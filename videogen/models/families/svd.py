@@ -248,8 +248,9 @@ class SvdFamily(ModelFamily):
         return ImageCondition(embedding, embedding, latent)
 
     def guidance(self, job: JobConfig, frames: range) -> torch.Tensor:
-        """Per-frame scales; a clip of at least two frames holds one above 1 exactly when the video does,
-        so every clip worker agrees on whether to guide."""
+        """Per-frame scales of ``frames``. Whether to guide at all is decided for the whole video (some scale
+        above 1, as diffusers decides by the largest), so clip workers agree even where their own frames'
+        scales do not pass 1."""
         return guidance_scales(job, frames)
 
     def uses_image_prior(self, job: JobConfig) -> bool:
