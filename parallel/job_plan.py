@@ -14,6 +14,8 @@ from parallel.mesh import ParallelPlan
 from parallel.patch import PatchParallelConfig
 from parallel.step import StepParallelConfig
 from videogen.config import JobConfig
+from videogen.errors import ModelLoadError
+from videogen.models.loader import model_family
 
 
 def plan_of(job: JobConfig) -> ParallelPlan:
@@ -23,11 +25,19 @@ def plan_of(job: JobConfig) -> ParallelPlan:
 
 
 def clip_config(job: JobConfig) -> ClipParallelConfig:
+    """The clip axis' config; the dual-scope switch timestep in the units the model's UNet is called with
+    (:meth:`~videogen.models.family.ModelFamily.scope_timestep`)."""
     ds = job.parallel.dual_scope
+    switch = ds.switch_timestep
+    if job.parallel.clip_mode == "dual_scope":
+        try:
+            switch = model_family(job.model).scope_timestep(switch, job.model)
+        except ModelLoadError:
+            pass  # the loader and the preflight report the model's problem
     return ClipParallelConfig(
         mode=job.parallel.clip_mode,
         groupnorm=job.parallel.groupnorm,
-        dual_scope=DualScopeConfig(ds.local_radius, ds.global_frames, ds.switch_timestep, ds.scope_bias),
+        dual_scope=DualScopeConfig(ds.local_radius, ds.global_frames, switch, ds.scope_bias),
     )
 
 

@@ -10,6 +10,8 @@ the tolerance docs/svd.md states.
 
 from __future__ import annotations
 
+import math
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -223,7 +225,7 @@ def test_parastep_after_one_warm_up_step_is_approximate(svd_job):
     assert 1e-4 < error < 10 * single.abs().max().item()
 
 
-SMALL_SCOPE = {"local_radius": 2, "global_frames": 3, "switch_timestep": 0.5}
+SMALL_SCOPE = {"local_radius": 2, "global_frames": 3, "switch_timestep": 800.0}  # c_noise 0.41 on SVD's betas
 """Dual-scope settings the tiny SVD's 3 Euler steps straddle: its UNet timesteps are ``ln(sigma) / 4`` = 1.64,
 0.69 (global scope favoured) and -1.55 (local scope favoured)."""
 
@@ -385,3 +387,12 @@ def test_image_prior_and_warped_noise_clips_equal_the_single_worker(svd_job, sec
     plain, _ = _single(svd_job(video={"num_frames": 9}))
     assert (single - plain).abs().max().item() > 1e-2
     assert (_joined(run_local(clip_latents_worker, 2, job, num_threads=1)) - single).abs().max().item() <= 1e-4
+
+
+def test_the_dual_scope_switch_is_given_in_ddpm_timesteps_and_called_in_svds(svd_job):
+    """``switch_timestep: 800`` is the noise level sigma = 5.1, which SVD's UNet sees as c_noise = ln(sigma)/4."""
+    job = svd_job(parallel={"clip_mode": "dual_scope", "dual_scope": {"switch_timestep": 800.0}})
+    switch = clip_config(job).dual_scope.switch_timestep
+    assert switch == pytest.approx(0.41, abs=0.01)
+    first, last = (0.25 * math.log(s) for s in (700.0, 0.002))  # the first and last steps' c_noise
+    assert last < switch < first

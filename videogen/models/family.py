@@ -133,6 +133,12 @@ class ModelFamily:
         unet_config = component_config(cfg, "unet")
         return None if unet_config is None else self.frame_limit(unet_config)
 
+    def scope_timestep(self, timestep: float, cfg: ModelConfig) -> float:
+        """A timestep of the job's dual-scope schedule (``parallel.dual_scope.switch_timestep``: a DDPM timestep,
+        0 to the scheduler's training timesteps) in the units this family's UNet is called with, which the
+        schedule compares it with; the same number for a UNet called with DDPM timesteps."""
+        return timestep
+
     def frame_limit(self, unet_config: dict[str, Any]) -> int | None:
         """The most frames one temporal attention can see (frame-position embeddings), or None for no limit."""
         return None

@@ -247,6 +247,20 @@ class SvdFamily(ModelFamily):
         latent = torch.empty(1, unet.config.out_channels, *latent_hw, device="meta")
         return ImageCondition(embedding, embedding, latent)
 
+    def scope_timestep(self, timestep: float, cfg: ModelConfig) -> float:
+        """SVD's UNet is called with ``c_noise = ln(sigma) / 4`` (EDM, Karras et al. 2022): DDPM timestep ``t``
+        is the noise level ``sigma_t = sqrt((1 - abar_t) / abar_t)`` of the scheduler's training betas
+        (linear between integer timesteps), so ``t = 800`` is ``c_noise = 0.41`` on SVD's ``scaled_linear``
+        betas."""
+        scheduler = EulerDiscreteScheduler.from_config(load_scheduler_config(cfg))
+        abar = scheduler.alphas_cumprod.double()
+        sigmas = ((1 - abar) / abar).sqrt()
+        t = min(max(float(timestep), 0.0), len(sigmas) - 1.0)
+        low = int(t)
+        high = min(low + 1, len(sigmas) - 1)
+        sigma = sigmas[low] + (t - low) * (sigmas[high] - sigmas[low])
+        return float(torch.log(sigma)) / 4
+
     def guidance(self, job: JobConfig, frames: range) -> torch.Tensor:
         """Per-frame scales of ``frames``. Whether to guide at all is decided for the whole video (some scale
         above 1, as diffusers decides by the largest), so clip workers agree even where their own frames'
