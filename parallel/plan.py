@@ -342,8 +342,10 @@ def _unet3d_clip_layers(
 
 
 def _svd_clip_layers(probe: _FamilyUNet, job: JobConfig, frames: int, hw: tuple[int, int], element: int) -> _ClipLayers:
-    """:func:`parallel.svd.apply_svd_clip_parallel`: temporal ResNets and temporal self-attentions."""
-    from parallel.svd import clip_bytes_per_call
+    """:func:`parallel.svd.apply_svd_clip_parallel`: temporal ResNets and temporal self-attentions (exact:
+    :func:`parallel.svd.clip_bytes_per_call`; dual-scope: its ``attn_kv`` replaced by
+    :func:`parallel.svd.scope_bytes_per_call`, and no ``groupnorm`` with clip-local statistics)."""
+    from parallel.svd import clip_bytes_per_call, scope_bytes_per_call
 
     modules = probe.config.model.family.temporal_modules(probe.unet)
     attentions = [(path, attn) for path, attn in modules.attentions() if not attn.is_cross_attention]
@@ -354,7 +356,18 @@ def _svd_clip_layers(probe: _FamilyUNet, job: JobConfig, frames: int, hw: tuple[
         resnets.append((c, h * w, [block.norm1.num_groups, block.norm2.num_groups]))
     tokens = [(seen[path][0], attn.to_k.out_features) for path, attn in attentions]  # [h * w, frames, C]
     norms = [g for *_, groups in resnets for g in groups]
-    return _ClipLayers(functools.partial(clip_bytes_per_call, resnets, tokens, element_size=element), norms)
+    config = clip_config(job)
+
+    def call_bytes(clips: list[range], rank: int, batch: int) -> dict[str, float]:
+        out = clip_bytes_per_call(resnets, tokens, clips, rank, batch, element)
+        if not config.exact_groupnorm:
+            out.pop("groupnorm", None)
+        if config.mode == "dual_scope":
+            out.pop("attn_kv", None)
+            out["attn_scope"] = scope_bytes_per_call(tokens, clips, rank, batch, element, config.dual_scope)
+        return {kind: value for kind, value in out.items() if value}
+
+    return _ClipLayers(call_bytes, norms)
 
 
 CLIP_RULES: dict[str, Callable[[_FamilyUNet, JobConfig, int, tuple[int, int], int], _ClipLayers]] = {

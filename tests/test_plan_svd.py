@@ -24,6 +24,11 @@ from videogen.models.families.svd import SvdFamily
 
 FRAMES = 9  # two clips of 5 and 4 frames
 SYNC = {"parallel.patch_options.mode": "sync", "parallel.patch_options.groupnorm": "exact"}
+DUAL = {
+    "parallel.clip_mode": "dual_scope",
+    "parallel.dual_scope.local_radius": 2,
+    "parallel.dual_scope.global_frames": 3,
+}
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +114,8 @@ def two(tmp_path_factory, svd_dir, first_frame) -> tuple[dict[str, tuple], list[
             "step_split_warmup": (_step, {"parallel.step": 2, "parallel.step_warmup": 1}),
             "patch_displaced": (_mesh, {"parallel.patch": 2, "parallel.patch_options.warmup_steps": 1}),
             "clip_image_prior": (_mesh, {"parallel.clip": 2, "svd.image_prior": "true", "image.strength": 0.7}),
+            "clip_dual_scope": (_mesh, {"parallel.clip": 2, **DUAL}),
+            "clip_dual_scope_local": (_mesh, {"parallel.clip": 2, "parallel.groupnorm": "local", **DUAL}),
         },
     )
     return runs, run_local(_every, 2, runs, num_threads=1, timeout_s=300)
@@ -147,7 +154,17 @@ def _check_prediction(runs: dict[str, tuple], parts: list[dict], name: str) -> N
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name", ["clip_render", "patch_sync", "cfg", "step_split_warmup", "patch_displaced", "clip_image_prior"]
+    "name",
+    [
+        "clip_render",
+        "patch_sync",
+        "cfg",
+        "step_split_warmup",
+        "patch_displaced",
+        "clip_image_prior",
+        "clip_dual_scope",
+        "clip_dual_scope_local",
+    ],
 )
 def test_the_plan_predicts_the_bytes_two_svd_workers_record(two, name):
     _check_prediction(*two, name)
@@ -168,6 +185,9 @@ def test_the_recorded_kinds_are_svd_s_own(two, four):
     mixed = measured_traffic(parts4[0]["clip_x_patch_render"]["traffic"])
     assert {"groupnorm_temporal", "conv_halo", "attn_kv"} <= set(mixed["patch"])
     assert set(measured_traffic(parts[1]["step_split_warmup"]["traffic"])["step"]) == {"model_output", "warmup_branch"}
+    dual = measured_traffic(parts[0]["clip_dual_scope"]["traffic"])["clip"]
+    assert {"attn_scope", "groupnorm", "conv_halo"} <= set(dual) and "attn_kv" not in dual
+    assert "groupnorm" not in measured_traffic(parts[0]["clip_dual_scope_local"]["traffic"])["clip"]
 
 
 # -- without workers -------------------------------------------------------------------------------
