@@ -69,3 +69,47 @@ def _write_job(tmp_path, model_dir, **sections) -> str:
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
     return str(path)
+
+
+def family_job(folder, model: dict, **sections):
+    """A 32x32, 8-frame, 3-step job on ``model`` (a ``model:`` section) with local workers and section
+    overrides, written to ``folder/job.yaml`` and loaded: the model-family tests' common job."""
+    import yaml
+
+    from videogen.config import load_job
+
+    spec = {
+        "model": model,
+        "prompts": {"text": "a red balloon", "negative": "blurry"},
+        "video": {"width": 32, "height": 32, "num_frames": 8, "fps": 8},
+        "sampler": {"name": "auto", "steps": 3, "guidance_scale": 7.5},
+        "noise": {"seed": 3},
+        "parallel": {"launcher": "local"},
+        "output": {"path": str(folder / "out.mp4")},
+    }
+    for section, values in sections.items():
+        spec[section].update(values)
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return load_job(str(path)).config
+
+
+@pytest.fixture(scope="session")
+def svd_dir(tmp_path_factory):
+    """The tiny Stable Video Diffusion model, built through the CLI."""
+    from videogen import cli
+
+    out = tmp_path_factory.mktemp("models") / "tiny-svd"
+    assert cli.main(["build-tiny-model", str(out), "--family", "svd"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def first_frame(tmp_path_factory):
+    """A 32x32 random RGB image, the SVD tests' first frame."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("images") / "first.png"
+    iio.imwrite(path, (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8))
+    return path

@@ -15,7 +15,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-import yaml
+from conftest import family_job
 from diffusers import AnimateDiffPipeline
 
 from parallel.clip import ClipParallelConfig, apply_clip_parallel
@@ -35,7 +35,7 @@ from parallel.step import StepParallelConfig
 from parallel.testing import mesh_latents_worker, step_latents_worker
 from videogen import cli
 from videogen.api import render_job
-from videogen.config import JobConfig, ModelConfig, load_job
+from videogen.config import JobConfig, ModelConfig
 from videogen.errors import ConfigError, ModelLoadError
 from videogen.models.families.animatediff import (
     TINY_FRAME_LIMIT,
@@ -59,26 +59,9 @@ def ad_dir(tmp_path_factory):
     return write_tiny_animatediff(tmp_path_factory.mktemp("animatediff") / "tiny-ad", seed=0)
 
 
-def _job(folder, model: dict, **sections) -> JobConfig:
-    spec = {
-        "model": model,
-        "prompts": {"text": "a red balloon", "negative": "blurry"},
-        "video": {"width": 32, "height": 32, "num_frames": 8, "fps": 8},
-        "sampler": {"name": "auto", "steps": STEPS, "guidance_scale": 7.5},
-        "noise": {"seed": 3},
-        "parallel": {"launcher": "local"},
-        "output": {"path": str(folder / "out.mp4")},
-    }
-    for section, values in sections.items():
-        spec[section].update(values)
-    path = folder / "job.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return load_job(str(path)).config
-
-
 @pytest.fixture
 def ad_job(tmp_path, ad_dir):
-    return lambda **sections: _job(tmp_path, {"path": str(ad_dir)}, **sections)
+    return lambda **sections: family_job(tmp_path, {"path": str(ad_dir)}, **sections)
 
 
 def _single(job: JobConfig, bundle=None, install=None) -> torch.Tensor:
@@ -88,7 +71,7 @@ def _single(job: JobConfig, bundle=None, install=None) -> torch.Tensor:
 
 
 def _long_job(folder, ad_dir) -> JobConfig:
-    return _job(
+    return family_job(
         folder,
         {"path": str(ad_dir)},
         video={"width": 16, "height": 16, "num_frames": LONG},
@@ -165,7 +148,7 @@ def test_build_tiny_model_cli_writes_an_animatediff_pipeline_folder(tmp_path):
     index = json.loads((out / "model_index.json").read_text())
     assert index["_class_name"] == "AnimateDiffPipeline" and index["unet"] == ["diffusers", "UNetMotionModel"]
     assert (out / "motion_adapter" / "config.json").is_file()
-    job = _job(tmp_path, {"path": str(out)}, video={"num_frames": 3}, sampler={"steps": 2})
+    job = family_job(tmp_path, {"path": str(out)}, video={"num_frames": 3}, sampler={"steps": 2})
     assert _single(job).shape == (1, 4, 3, 8, 8)
 
 
@@ -306,10 +289,10 @@ def _two(rank: int, world_size: int, job: JobConfig, long: JobConfig) -> dict:
 
 @pytest.fixture(scope="module")
 def axes(tmp_path_factory, ad_dir) -> tuple[JobConfig, JobConfig, list[dict], tuple[JobConfig, list[dict]]]:
-    job = _job(tmp_path_factory.mktemp("ad_axes"), {"path": str(ad_dir)})
+    job = family_job(tmp_path_factory.mktemp("ad_axes"), {"path": str(ad_dir)})
     long = _long_job(tmp_path_factory.mktemp("ad_long"), ad_dir)
     two = run_local(_two, 2, job, long, num_threads=1, timeout_s=300)
-    twelve = _job(tmp_path_factory.mktemp("ad_twelve"), {"path": str(ad_dir)}, video={"num_frames": 12})
+    twelve = family_job(tmp_path_factory.mktemp("ad_twelve"), {"path": str(ad_dir)}, video={"num_frames": 12})
     three = run_local(mesh_latents_worker, 3, twelve, ParallelPlan(clip=3), None, EXACT, num_threads=1, timeout_s=300)
     return job, long, two, (twelve, three)
 

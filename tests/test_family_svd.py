@@ -26,7 +26,6 @@ from parallel.runner import render_parallel
 from parallel.svd import apply_svd_dual_scope_reference, scope_bytes_per_call
 from parallel.svd_decode import segment_window
 from parallel.testing import clip_latents_worker
-from videogen import cli
 from videogen.config import load_job
 from videogen.decode import decode_chunks
 from videogen.errors import ConfigError
@@ -40,21 +39,6 @@ from videogen.pipeline import WorkerSlot, check_model_limits, decode_video, deno
 SEAM_TOLERANCE = 0.05
 """Largest pixel difference (in [0, 1]) of a clip-split decode with the default 4-frame halo from one
 whole-video decode of the tiny model, a frame of margin over the measured 0.016 (docs/svd.md)."""
-
-
-@pytest.fixture(scope="module")
-def svd_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("models") / "tiny-svd"
-    assert cli.main(["build-tiny-model", str(out), "--family", "svd"]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def first_frame(tmp_path_factory):
-    path = tmp_path_factory.mktemp("images") / "first.png"
-    rng = np.random.default_rng(0)
-    iio.imwrite(path, (rng.random((32, 32, 3)) * 255).astype(np.uint8))
-    return path
 
 
 @pytest.fixture

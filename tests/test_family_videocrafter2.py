@@ -16,7 +16,7 @@ import shutil
 
 import pytest
 import torch
-import yaml
+from conftest import family_job
 from diffusers import TextToVideoSDPipeline
 
 from parallel.clip import ClipParallelConfig
@@ -27,7 +27,7 @@ from parallel.plan import preflight_errors
 from parallel.step import SerialReferenceLoop, StepParallelConfig, check_sampler
 from parallel.testing import mesh_latents_worker, step_latents_worker
 from videogen import cli
-from videogen.config import JobConfig, ModelConfig, load_job
+from videogen.config import JobConfig, ModelConfig
 from videogen.errors import ConfigError, ModelLoadError
 from videogen.models.families.videocrafter2 import (
     UNetVideoCrafter,
@@ -59,26 +59,9 @@ def vc2_unet_dir(tmp_path_factory):
     return folder
 
 
-def _job(folder, model: dict, **sections) -> JobConfig:
-    spec = {
-        "model": model,
-        "prompts": {"text": "a red balloon", "negative": "blurry"},
-        "video": {"width": 32, "height": 32, "num_frames": 8, "fps": 8},
-        "sampler": {"name": "auto", "steps": STEPS, "guidance_scale": 7.5},
-        "noise": {"seed": 3},
-        "parallel": {"launcher": "local"},
-        "output": {"path": str(folder / "out.mp4")},
-    }
-    for section, values in sections.items():
-        spec[section].update(values)
-    path = folder / "job.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return load_job(str(path)).config
-
-
 @pytest.fixture
 def vc2_job(tmp_path, vc2_dir):
-    return lambda **sections: _job(tmp_path, {"path": str(vc2_dir)}, **sections)
+    return lambda **sections: family_job(tmp_path, {"path": str(vc2_dir)}, **sections)
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -117,7 +100,7 @@ def test_zeroscope_style_split_layouts_load_and_render_like_the_full_folder(
         model = {"path": str(vc2_unet_dir), **{part: zeroscope for part in ZEROSCOPE_PARTS}}
     else:
         model = {"path": zeroscope, "unet": str(vc2_unet_dir)}
-    split = _job(tmp_path, model)
+    split = family_job(tmp_path, model)
     assert model_family(split.model).name == "videocrafter2"
     assert torch.equal(_single(split), _single(vc2_job()))
 
@@ -137,7 +120,7 @@ def test_conversion_saved_as_unet3d_with_fps_cond_is_videocrafter2(tmp_path, vc2
 def test_build_tiny_model_cli_writes_a_folder_that_renders(tmp_path):
     out = tmp_path / "built"
     assert cli.main(["build-tiny-model", str(out), "--family", "videocrafter2"]) == 0
-    job = _job(tmp_path, {"path": str(out)}, video={"num_frames": 3}, sampler={"steps": 2})
+    job = family_job(tmp_path, {"path": str(out)}, video={"num_frames": 3}, sampler={"steps": 2})
     frames = render_frames(job)
     assert frames.shape == (3, 32, 32, 3) and frames.std() > 0
 
@@ -251,7 +234,7 @@ def test_text_encoder_of_another_width_is_refused(tmp_path, tiny_model_dir):
 
 def test_eta_with_the_sde_sampler_is_refused_naming_the_key(tmp_path, vc2_dir, vc2_job):
     with pytest.raises(ConfigError, match="sampler.eta"):
-        _job(tmp_path, {"path": str(vc2_dir)}, sampler={"name": "dpmpp_sde", "eta": 0.5})
+        family_job(tmp_path, {"path": str(vc2_dir)}, sampler={"name": "dpmpp_sde", "eta": 0.5})
     job = vc2_job(sampler={"eta": 0.5})  # auto: the family's sampler, known once the model is
     with pytest.raises(ConfigError, match="sampler.eta: eta applies to ddim only, and this job samples with dpmpp_sde"):
         _single(job)
@@ -288,7 +271,7 @@ def _axes(rank: int, world_size: int, job: JobConfig) -> dict:
 
 @pytest.fixture(scope="module")
 def axes(tmp_path_factory, vc2_dir) -> tuple[JobConfig, list[dict]]:
-    job = _job(tmp_path_factory.mktemp("vc2_axes"), {"path": str(vc2_dir)})
+    job = family_job(tmp_path_factory.mktemp("vc2_axes"), {"path": str(vc2_dir)})
     return job, run_local(_axes, 2, job, num_threads=1, timeout_s=300)
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict
 
-import imageio.v3 as iio
-import numpy as np
 import pytest
 
 from parallel.job_plan import clip_config, patch_config, plan_of, step_config
@@ -29,20 +27,6 @@ DUAL = {
     "parallel.dual_scope.local_radius": 2,
     "parallel.dual_scope.global_frames": 3,
 }
-
-
-@pytest.fixture(scope="module")
-def svd_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("models") / "tiny-svd"
-    assert cli.main(["build-tiny-model", str(out), "--family", "svd"]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def first_frame(tmp_path_factory):
-    path = tmp_path_factory.mktemp("images") / "first.png"
-    iio.imwrite(path, (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8))
-    return path
 
 
 def _job(folder, svd_dir, first_frame, **overrides) -> JobConfig:
