@@ -380,11 +380,6 @@ PATCH_INSTALLERS = frozenset({"parallel.patch:apply_patch_parallel", "parallel.s
 """Patch installers that move what :func:`parallel.patch.traffic_per_step` counts."""
 
 
-def _guides(family: ModelFamily, job: JobConfig, frames: range) -> bool:
-    """Whether the guidance scale of ``frames`` exceeds 1 on some frame."""
-    return bool((torch.as_tensor(family.guidance(job, frames)) > 1).any())
-
-
 def _first_step(family: ModelFamily, job: JobConfig) -> int:
     """The first step the loop runs: later than 0 when an image prior starts from the image latent
     (``image.strength`` below 1, docs/i2v.md)."""
@@ -441,7 +436,7 @@ def plan_render(job: JobConfig) -> RenderPlan:
     model = _model(job)
     if model is None:
         return plan
-    from videogen.pipeline import needs_position_windows
+    from videogen.pipeline import guides, needs_position_windows
 
     if par.world_size == 1 and needs_position_windows(job):
         plan.launcher = par.launcher  # one clip worker cuts the video into position windows
@@ -450,7 +445,7 @@ def plan_render(job: JobConfig) -> RenderPlan:
     split = split_rows((height, width), par.patch, model.geometry.levels, par.patch_options.split)
     plan.split = split.dim if par.patch > 1 else None
     clips = job_clips(job)
-    guided = [_guides(model.family, job, range(job.video.num_frames))] * len(clips)
+    guided = guides(job, model.family)
     plan.unpredicted = _unpredicted(model, job)
     start = _first_step(model.family, job)
     mesh = ParallelPlan(clip=par.clip, patch=par.patch, step=par.step, cfg=par.cfg)
@@ -475,7 +470,7 @@ def plan_render(job: JobConfig) -> RenderPlan:
         share.decodes = _decoded(job, coords, frames)
         share.calls = [
             (batch, index < par.patch_options.warmup_steps or par.patch_options.mode == "sync")
-            for index, batch in enumerate(_unet_batches(job, coords["step"], guided[coords["clip"]], start))
+            for index, batch in enumerate(_unet_batches(job, coords["step"], guided, start))
         ]
         plan.workers.append(share)
         if clip_rule is not None and len(frames) not in clip_layers:
@@ -488,7 +483,7 @@ def plan_render(job: JobConfig) -> RenderPlan:
             coords,
             share.calls,
             clip_layers.get(len(frames)),
-            guided[coords["clip"]],
+            guided,
             start,
             channels,
         )

@@ -190,6 +190,12 @@ def needs_position_windows(job: JobConfig) -> bool:
     return limit is not None and job.video.num_frames > limit
 
 
+def guides(job: JobConfig, family: ModelFamily) -> bool:
+    """Whether the render evaluates both guidance branches: some frame's scale exceeds 1. Decided for the whole
+    video, as diffusers decides by the largest scale, so every clip worker agrees."""
+    return bool((torch.as_tensor(family.guidance(job, range(job.video.num_frames))) > 1.0).any())
+
+
 def sampler_name(job: JobConfig, family: ModelFamily) -> str:
     """The scheduler the job runs: ``sampler.name``, or the family's usual one for ``auto``."""
     name = job.sampler.name if job.sampler.name != "auto" else family.default_sampler
@@ -289,8 +295,7 @@ def denoise(
     remove_context = install_frame_context(unet, frame_context, keys) if frame_context else None
     inputs = functools.partial(family.unet_inputs, unet, job=job)
     call = family.unet_call(unet, job, text)
-    guided = bool((torch.as_tensor(family.guidance(job, range(job.video.num_frames))) > 1.0).any())
-    denoiser = Denoiser(unet, text, family.guidance(job, frames), frame_context, inputs, call, guided)
+    denoiser = Denoiser(unet, text, family.guidance(job, frames), frame_context, inputs, call, guides(job, family))
     remove_parallel = slot.install(bundle.unet, denoiser) if slot.install else None
     try:
         scheduler = make_scheduler(sampler_name(job, bundle.family), bundle.scheduler_config, job.model.prediction_type)
