@@ -637,6 +637,10 @@ def apply_patch_parallel(
     return PatchParallelHandle(state, modules, undo)
 
 
+OUTPUT_ELEMENT_SIZE = 4
+"""Bytes per element of the gathered guided output: float32, the latents' dtype."""
+
+
 class PatchDenoiser:
     """Wraps a denoiser ``(latents, t) -> guided output``: the UNet sees this worker's band only.
 
@@ -715,7 +719,8 @@ def traffic_per_step(
     - ``attn_kv`` (synchronous calls, and displaced full conditioning): ``(N-1)`` bands of K and V;
     - ``attn_band`` (displaced PCPP): ``2 (N-1)/N`` neighbour bands (a worker's one or two) of
       ``band_rows(portion, L)`` rows of K and V;
-    - ``output``: the other ``N-1`` bands of the guided output ``(1, C, frames, H, W)``.
+    - ``output``: the other ``N-1`` bands of the guided output ``(1, C, frames, H, W)``, float32 like
+      the latents whatever the activation dtype.
 
     ``batch`` is the UNet batch (2 with classifier-free guidance batched), ``element_size`` the
     activation dtype's, ``synchronous`` whether the step is a warm-up (or sync-mode) step,
@@ -753,5 +758,5 @@ def traffic_per_step(
         else:
             rows = band_rows(config.portion, local_hw[along])
             add("attn_band", (has_previous + has_next) * kv * rows / local_hw[along])
-    add("output", (n - 1) * unet.config.out_channels * frames * h * w / n * element_size)
+    add("output", (n - 1) * unet.config.out_channels * frames * h * w / n * OUTPUT_ELEMENT_SIZE)
     return {kind: value for kind, value in out.items() if value}

@@ -487,6 +487,14 @@ def pipeline(tmp_path_factory, tiny_model_dir) -> dict:
         return str(path)
 
     jobs = {"square": _job(make_job), "tall": _job(make_job, width=16, height=64), "long": _job(make_job, steps=5)}
+    jobs["bf16"] = load_job(
+        make_job(
+            model={"dtype": "bf16"},
+            video={"width": 32, "height": 32, "num_frames": 8},
+            sampler={"steps": 3},
+            parallel={"launcher": "local"},
+        )
+    ).config
     displaced = PatchParallelConfig(warmup_steps=2)
     two = {
         "patch2": (jobs["square"], ParallelPlan(patch=2), SYNC),
@@ -496,6 +504,7 @@ def pipeline(tmp_path_factory, tiny_model_dir) -> dict:
             PatchParallelConfig(mode="sync", groupnorm="exact", split="w"),
         ),
         "pcpp2": (jobs["long"], ParallelPlan(patch=2), displaced),
+        "patch2_bf16": (jobs["bf16"], ParallelPlan(patch=2), SYNC),
     }
     four = {
         "patch4": (jobs["square"], ParallelPlan(patch=4), SYNC),
@@ -557,13 +566,21 @@ def test_each_step_gathers_the_guided_output_once(pipeline):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("name", "step", "synchronous"), [("patch4", 1, True), ("full4", 3, False), ("pcpp2", 3, False)]
+    ("name", "step", "synchronous", "element_size"),
+    [("patch4", 1, True, 4), ("full4", 3, False, 4), ("pcpp2", 3, False, 4), ("patch2_bf16", 1, True, 2)],
 )
-def test_recorded_traffic_equals_the_module_structure_model(pipeline, name, step, synchronous):
-    """Mean bytes received per worker in one step, per kind, as :func:`traffic_per_step` derives them."""
+def test_recorded_traffic_equals_the_module_structure_model(pipeline, name, step, synchronous, element_size):
+    """Mean bytes received per worker in one step, per kind, as :func:`traffic_per_step` derives them
+    (in bf16 too, where activations travel at 2 bytes and the gathered output at float32's 4)."""
     parts = pipeline[name]
     expected = traffic_per_step(
-        tiny_unet(), parts[0]["split"], pipeline["configs"][name], batch=2, frames=8, synchronous=synchronous
+        tiny_unet(),
+        parts[0]["split"],
+        pipeline["configs"][name],
+        batch=2,
+        frames=8,
+        synchronous=synchronous,
+        element_size=element_size,
     )
     kinds = {kind for p in parts for kind in p["steps"][step]["patch"]}
     measured = {k: sum(p["steps"][step]["patch"].get(k, {}).get("bytes_received", 0) for p in parts) for k in kinds}
