@@ -14,6 +14,7 @@ import copy
 import json
 import shutil
 
+import av
 import pytest
 import torch
 from conftest import family_job
@@ -27,17 +28,18 @@ from parallel.plan import preflight_errors
 from parallel.step import SerialReferenceLoop, StepParallelConfig, check_sampler
 from parallel.testing import mesh_latents_worker, step_latents_worker
 from videogen import cli
-from videogen.config import JobConfig, ModelConfig
+from videogen.config import JobConfig, ModelConfig, load_job
 from videogen.errors import ConfigError, ModelLoadError
 from videogen.models.families.videocrafter2 import (
     UNetVideoCrafter,
     tiny_videocrafter_unet,
     write_tiny_videocrafter2,
 )
+from videogen.models.family import family_named
 from videogen.models.loader import load_bundle, model_family
 from videogen.models.tiny import TinySpec
 from videogen.noise.gaussian import video_noise
-from videogen.pipeline import WorkerSlot, denoise, render_frames
+from videogen.pipeline import WorkerSlot, denoise, render, render_frames
 from videogen.sampling import make_scheduler, run_steps
 
 TOL = 1e-4
@@ -180,6 +182,66 @@ def test_render_equals_diffusers_text_to_video_pipeline_with_the_fps_embedding(v
 def test_fps_changes_the_render(vc2_job):
     eight, twenty_four = _single(vc2_job(video={"fps": 8})), _single(vc2_job(video={"fps": 24}))
     assert (eight - twenty_four).abs().max().item() > 1e-3
+
+
+def test_condition_fps_sets_the_conditioning_rate_apart_from_the_file_rate(vc2_job):
+    """Video-Infinity's setting: condition on 24, write the file at 8."""
+    short = {"num_frames": 4}
+    job = vc2_job(video={**short, "fps": 8, "condition_fps": 24}, sampler={"steps": 2})
+    bundle = load_bundle(job.model)
+    conditioned = _single(job, bundle)
+    assert torch.equal(conditioned, _single(vc2_job(video={**short, "fps": 24}, sampler={"steps": 2}), bundle))
+    eight = _single(vc2_job(video={**short, "fps": 8}, sampler={"steps": 2}), bundle)
+    assert (conditioned - eight).abs().max().item() > 1e-3
+    result = render(job, bundle=bundle, progress=False)
+    with av.open(str(result.output)) as container:
+        stream = container.streams.video[0]
+        assert stream.average_rate == 8 and sum(1 for _ in container.decode(stream)) == 4
+    assert load_job(f"{result.output}.job.yaml").config.video.condition_fps == 24
+
+
+def _without_unet_weights(source, folder):
+    """A copy of model folder ``source`` whose UNet has its config but no weights: a check that passes
+    before weights load meets a missing file instead."""
+    shutil.copytree(source, folder)
+    for weights in (folder / "unet").glob("*.safetensors"):
+        weights.unlink()
+    return folder
+
+
+def test_condition_fps_is_refused_before_loading_a_model_that_takes_no_rate(tmp_path, tiny_model_dir, vc2_dir):
+    plain = _without_unet_weights(tiny_model_dir, tmp_path / "unet3d")
+    job = family_job(tmp_path, {"path": str(plain)}, video={"condition_fps": 24})
+    with pytest.raises(ConfigError, match=r"^video.condition_fps: 24: the unet3d family conditions on no frame rate"):
+        render(job, progress=False)
+    no_fps = _without_unet_weights(vc2_dir, tmp_path / "no_fps_cond")
+    config = json.loads((no_fps / "unet" / "config.json").read_text())
+    (no_fps / "unet" / "config.json").write_text(json.dumps({**config, "fps_cond": False}))
+    job = family_job(tmp_path, {"path": str(no_fps), "family": "videocrafter2"}, video={"condition_fps": 24})
+    with pytest.raises(ConfigError, match=r"^video.condition_fps: 24: this VideoCrafter2 UNet has fps_cond: false"):
+        render(job, progress=False)
+    job.video.condition_fps = None
+    with pytest.raises(ModelLoadError):  # the refusal came first: without the key, loading is reached
+        render(job, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("family", "says"),
+    [("animatediff", "24: the animatediff family conditions on no frame rate"), ("svd", "conditioned on svd.fps")],
+)
+def test_other_families_refuse_condition_fps(tmp_path, family, says):
+    job = family_job(tmp_path, {"path": "tiny", "family": family}, video={"condition_fps": 24})
+    problems = family_named(family).job_problems(job)
+    assert any(key == "video.condition_fps" and says in problem for key, problem in problems)
+
+
+def test_condition_fps_below_one_is_refused_naming_the_key(tmp_path):
+    refused = r"video.condition_fps: 0: frames per second must be >= 1"
+    with pytest.raises(ConfigError, match=refused):
+        family_job(tmp_path, {"path": "tiny"}, video={"condition_fps": 0})
+    with pytest.raises(ConfigError, match=rf"command line: {refused}"):
+        load_job(str(tmp_path / "job.yaml"), ["video.condition_fps=0"])
+    assert load_job(str(tmp_path / "job.yaml"), ["video.condition_fps=null"]).config.video.condition_fps is None
 
 
 def test_unet_adds_the_fps_embedding_to_the_time_embedding(vc2_dir):

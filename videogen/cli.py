@@ -26,7 +26,8 @@ sections and keys (see configs/ and README.md for every default):
             attention (sdpa|xformers), prediction_type (auto|epsilon|v_prediction)
   prompts   text, negative, schedule (list of {text, start, end}; start/end a frame, a share 0.5 or 50%),
             blend_frames
-  video     width, height (multiples of 8), num_frames, fps
+  video     width, height (multiples of 8), num_frames, fps, condition_fps (the rate VideoCrafter2 is conditioned
+            on; null = fps)
   sampler   name (auto = the family's usual one|ddim|euler|dpmpp|unipc|dpmpp_sde), steps, guidance_scale, eta,
             checkpoint_every
   noise     seed (-1 draws one), kind (gaussian|warped), warped (motion: see docs/warped_noise.md)

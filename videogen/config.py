@@ -88,10 +88,15 @@ class PromptsConfig:
 
 @dataclass
 class VideoConfig:
+    """``fps`` is the written file's frame rate and, unless ``condition_fps`` is set, the rate a model
+    with frame-rate conditioning (VideoCrafter2) is conditioned on; ``condition_fps`` sets that rate
+    apart (Video-Infinity conditions on 24 and writes 8). A model that takes no rate refuses it."""
+
     width: int = 256
     height: int = 256
     num_frames: int = 16
     fps: int = 8
+    condition_fps: int | None = None
 
 
 @dataclass
@@ -481,6 +486,8 @@ def _problems(job: JobConfig) -> list[tuple[str, str]]:
         out.append(("video.num_frames", f"{v.num_frames}: a video needs at least one frame"))
     if v.fps < 1:
         out.append(("video.fps", f"{v.fps}: frames per second must be >= 1"))
+    if v.condition_fps is not None and v.condition_fps < 1:
+        out.append(("video.condition_fps", f"{v.condition_fps}: frames per second must be >= 1 (null = video.fps)"))
     if s.steps < 1:
         out.append(("sampler.steps", f"{s.steps}: at least one denoising step is needed"))
     if s.guidance_scale < 0:

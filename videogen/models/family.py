@@ -190,8 +190,14 @@ class ModelFamily:
         return job.image.path is not None
 
     def job_problems(self, job: JobConfig) -> list[tuple[str, str]]:
-        """``(key, what is wrong)`` for each job setting this family cannot render (checked before weights load)."""
-        return []
+        """``(key, what is wrong)`` for each job setting this family cannot render (checked before weights load).
+
+        The base refuses ``video.condition_fps``: a family whose UNet is conditioned on a frame rate
+        overrides this, so the key is never silently ignored."""
+        rate = job.video.condition_fps
+        if rate is None:
+            return []
+        return [("video.condition_fps", f"{rate}: the {self.name} family conditions on no frame rate; remove the key")]
 
     # -- decoding --------------------------------------------------------------------------------
 

@@ -216,6 +216,13 @@ class SvdFamily(ModelFamily):
             out.append(("image.path", "Stable Video Diffusion animates an image: give the image to start from"))
         if job.prompts.schedule:
             out.append(("prompts.schedule", "Stable Video Diffusion reads no text; remove the prompt schedule"))
+        if job.video.condition_fps is not None:
+            out.append(
+                (
+                    "video.condition_fps",
+                    f"{job.video.condition_fps}: Stable Video Diffusion is conditioned on svd.fps; set that instead",
+                )
+            )
         shortest = job.video.num_frames // max(job.parallel.clip, 1)
         if job.parallel.clip > 1 and job.svd.decode_halo > shortest:
             out.append(

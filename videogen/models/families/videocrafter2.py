@@ -14,8 +14,9 @@ added once per batch item before it is repeated over frames, so every ResNet blo
 Video-Infinity adds it by setting ``unet.time_embedding.post_act``, which diffusers'
 ``TimestepEmbedding.forward`` calls at its end; :class:`UNetVideoCrafter` does the same inside its own
 ``forward``, so the rate reaches the UNet the same way from this project's loop (the ``fps`` keyword,
-fed from ``video.fps``) and from diffusers' ``TextToVideoSDPipeline`` (which passes no rate, so
-:attr:`UNetVideoCrafter.fps` is used).
+fed from ``video.condition_fps``, or ``video.fps`` when that is null) and from diffusers'
+``TextToVideoSDPipeline`` (which passes no rate, so :attr:`UNetVideoCrafter.fps` is used). Video-Infinity
+conditions on 24 and writes its file at 8: ``video.condition_fps: 24`` with ``video.fps: 8``.
 
 The other components are zeroscope's (``cerspense/zeroscope_v2_576w``): a per-frame ``AutoencoderKL``,
 an OpenCLIP text encoder in ``CLIPTextModel`` form and its tokenizer, and the scheduler config, which
@@ -37,9 +38,11 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.unets.unet_3d_condition import UNet3DConditionOutput
 
 from videogen.config import JobConfig, ModelConfig
+from videogen.errors import ConfigError, ModelLoadError
 from videogen.io.atomic import atomic_folder
 from videogen.models.families.unet3d import UNet3DFamily
 from videogen.models.family import register_family
+from videogen.models.loader import component_config
 from videogen.models.tiny import (
     DEFAULT_SPEC,
     MODEL_INDEX,
@@ -160,15 +163,39 @@ class VideoCrafter2Family(UNet3DFamily):
     def unet_class(self) -> type[UNetVideoCrafter]:
         return UNetVideoCrafter
 
+    def job_problems(self, job: JobConfig) -> list[tuple[str, str]]:
+        """``video.condition_fps`` for a UNet whose config has ``fps_cond: false`` (read from its config.json;
+        a hub id is checked by :meth:`unet_inputs` once loaded)."""
+        if job.video.condition_fps is None:
+            return []
+        try:
+            config = component_config(job.model, "unet")
+        except ModelLoadError:
+            return []  # loading says what is wrong with the folder
+        if config is None or config.get("fps_cond", True):
+            return []
+        return [_no_rate(job.video.condition_fps)]
+
     def unet_inputs(self, unet: UNetVideoCrafter, context: torch.Tensor, job: JobConfig) -> dict[str, Any]:
-        """The text inputs, and ``video.fps`` as the rate the fps embedding conditions on."""
+        """The text inputs, and the rate the fps embedding conditions on: ``video.condition_fps``, or
+        ``video.fps`` when that is null."""
         inputs = super().unet_inputs(unet, context, job)
+        rate = job.video.condition_fps
         if unet.config.fps_cond:
-            inputs["fps"] = job.video.fps
+            inputs["fps"] = job.video.fps if rate is None else rate
+        elif rate is not None:
+            raise ConfigError.of(*_no_rate(rate))
         return inputs
 
     def build_tiny(self, folder: Path, seed: int = 0) -> Path:
         return write_tiny_videocrafter2(folder, seed=seed)
+
+
+def _no_rate(rate: int) -> tuple[str, str]:
+    return (
+        "video.condition_fps",
+        f"{rate}: this VideoCrafter2 UNet has fps_cond: false and conditions on no frame rate",
+    )
 
 
 def tiny_videocrafter_unet(spec: TinySpec = DEFAULT_SPEC, seed: int = 0) -> UNetVideoCrafter:
