@@ -5,13 +5,14 @@ frames only, ``(B, C, F_local, H, W)``. Spatial layers work frame by frame and n
 layers that mix frames get what they need from the other clips:
 
 ``TemporalConvLayer`` (four stages GroupNorm -> SiLU -> Conv3d with a ``(3, 1, 1)`` kernel)
-    One halo exchange of the layer's input: ``sum of temporal paddings`` (4) frames from each
-    neighbour. The stages then run on ``[halo | clip | halo]`` with the convs' own zero padding:
-    at an end of the video that is exactly the single-device padding; at a halo's outer edge it
-    is wrong, and the wrong frames creep inwards one frame per stage, so after the four stages
-    they cover the halo and never the clip, whose output equals the whole-video layer's (no
-    trimming or re-padding copies between stages). GroupNorm statistics are taken over the clip's
-    own frames (the halo is normalised with them too).
+    One halo exchange of the layer's input: ``sum of temporal paddings`` (4, the config's
+    ``conv_halo``, the model family's ``temporal_halo``) frames from each neighbour. The stages
+    then run on ``[halo | clip | halo]`` with the convs' own zero padding: at an end of the video
+    that is exactly the single-device padding; at a halo's outer edge it is wrong, and the wrong
+    frames creep inwards one frame per stage, so after the four stages they cover the halo and
+    never the clip, whose output equals the whole-video layer's (no trimming or re-padding copies
+    between stages). GroupNorm statistics are taken over the clip's own frames (the halo is
+    normalised with them too).
 
 Temporal attention (``attn1`` and ``attn2`` of every ``TransformerTemporalModel``)
     *exact*: the keys and values of all frames are all-gathered (one collective per attention).
@@ -105,12 +106,16 @@ class ClipParallelConfig:
 
     ``mode``: ``"exact"`` (all frames' keys and values) or ``"dual_scope"`` (local window plus
     global frames, configured by ``dual_scope``). ``groupnorm``: ``"exact"`` (whole-video
-    statistics) or ``"local"`` (per-clip statistics, dual-scope mode only).
+    statistics) or ``"local"`` (per-clip statistics, dual-scope mode only). ``conv_halo``: frames
+    each temporal convolution module takes from each neighbouring clip, the model family's
+    :attr:`~videogen.models.family.ModelFamily.temporal_halo` (:func:`parallel.job_plan.clip_config`
+    fills it in; 0 for a model without temporal convolutions).
     """
 
     mode: str = "exact"
     groupnorm: str = "exact"
     dual_scope: DualScopeConfig = field(default_factory=DualScopeConfig)
+    conv_halo: int = CONV_HALO
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -119,6 +124,8 @@ class ClipParallelConfig:
             raise ConfigError(f"parallel.groupnorm must be one of {GROUPNORMS}, got {self.groupnorm!r}")
         if self.mode == "exact" and self.groupnorm != "exact":
             raise ConfigError("parallel.clip_mode 'exact' needs parallel.groupnorm 'exact'")
+        if self.conv_halo < 0:
+            raise ConfigError(f"the temporal convolution halo cannot be negative, got {self.conv_halo}")
 
     @property
     def exact_groupnorm(self) -> bool:
@@ -126,10 +133,12 @@ class ClipParallelConfig:
 
 
 def min_clip_frames(config: ClipParallelConfig) -> int:
-    """The fewest frames a clip may have when there is more than one: the widest halo it serves."""
+    """The fewest frames a clip may have when there is more than one: the widest halo it serves (the
+    temporal convolutions' ``conv_halo``; in dual-scope mode also the ``local_radius`` edge frames each
+    neighbour attends to), and at least one."""
     if config.mode == "dual_scope":
-        return max(CONV_HALO, config.dual_scope.local_radius)
-    return CONV_HALO
+        return max(1, config.conv_halo, config.dual_scope.local_radius)
+    return max(1, config.conv_halo)
 
 
 def split_frames(num_frames: int, n: int, min_frames: int = 1) -> list[range]:
@@ -184,7 +193,7 @@ def _conv_stages(layer: TemporalConvLayer) -> list[nn.Sequential]:
     return [layer.conv1, layer.conv2, layer.conv3, layer.conv4]
 
 
-def _check_conv_layer(path: str, layer: TemporalConvLayer) -> None:
+def _check_conv_layer(path: str, layer: TemporalConvLayer, halo: int) -> None:
     for stage in _conv_stages(layer):
         norm, middle, conv = stage[0], list(stage[1:-1]), stage[-1]
         kernel = conv.kernel_size if isinstance(conv, nn.Conv3d) else None
@@ -200,8 +209,12 @@ def _check_conv_layer(path: str, layer: TemporalConvLayer) -> None:
         )
         if not ok:
             raise ConfigError(f"{path}: a TemporalConvLayer stage clip sharding does not know: {stage}")
-    if sum(stage[-1].padding[0] for stage in _conv_stages(layer)) != CONV_HALO:
-        raise ConfigError(f"{path}: temporal receptive field differs from {CONV_HALO} frames per side")
+    reach = sum(stage[-1].padding[0] for stage in _conv_stages(layer))
+    if reach != halo:
+        raise ConfigError(
+            f"{path}: its temporal convs reach {reach} frames per side, but the clip config's conv_halo is "
+            f"{halo} (the model family's temporal_halo); the family must declare temporal_halo = {reach}"
+        )
 
 
 class _ClipState:
@@ -472,9 +485,10 @@ def _clip_temporal_conv(
     layer: TemporalConvLayer, state: _ClipState, hidden_states: torch.Tensor, num_frames: int = 1
 ) -> torch.Tensor:
     x = hidden_states.reshape(-1, num_frames, *hidden_states.shape[1:]).permute(0, 2, 1, 3, 4)
-    left, right = state.comm.halo_exchange(x, 2, CONV_HALO, "conv_halo")
+    halo = state.config.conv_halo
+    left, right = state.comm.halo_exchange(x, 2, halo, "conv_halo")
     h = torch.cat([p for p in (left, x, right) if p is not None], dim=2)
-    lo = 0 if left is None else CONV_HALO
+    lo = 0 if left is None else halo
     own = slice(lo, lo + num_frames)
     for stage in _conv_stages(layer):
         h = state.group_norm(stage[0], h, own)
@@ -602,7 +616,7 @@ def apply_clip_parallel(
     if _processor_already_installed(modules):
         raise RuntimeError("clip parallelism is already installed on this UNet; remove it first")
     for path, layer in modules.convs:
-        _check_conv_layer(path, layer)
+        _check_conv_layer(path, layer, config.conv_halo)
     _check_positions(modules, num_frames, config)
     clips = _agree_on_clips(comm, frames, num_frames, config)
     recorder = TimestepRecorder()

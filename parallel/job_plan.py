@@ -8,7 +8,7 @@ evaluation runners all read the job the same way without an import cycle.
 
 from __future__ import annotations
 
-from parallel.clip import ClipParallelConfig, min_clip_frames, split_frames
+from parallel.clip import CONV_HALO, ClipParallelConfig, min_clip_frames, split_frames
 from parallel.dual_scope import DualScopeConfig
 from parallel.mesh import ParallelPlan
 from parallel.patch import PatchParallelConfig
@@ -25,19 +25,24 @@ def plan_of(job: JobConfig) -> ParallelPlan:
 
 
 def clip_config(job: JobConfig) -> ClipParallelConfig:
-    """The clip axis' config; the dual-scope switch timestep in the units the model's UNet is called with
+    """The clip axis' config, with what the model's family says of it: the halo of its temporal convolutions
+    (:attr:`~videogen.models.family.ModelFamily.temporal_halo`, so the shortest clip is the model's own), and
+    the dual-scope switch timestep in the units its UNet is called with
     (:meth:`~videogen.models.family.ModelFamily.scope_timestep`)."""
     ds = job.parallel.dual_scope
-    switch = ds.switch_timestep
-    if job.parallel.clip_mode == "dual_scope":
-        try:
-            switch = model_family(job.model).scope_timestep(switch, job.model)
-        except ModelLoadError:
-            pass  # the loader and the preflight report the model's problem
+    switch, halo = ds.switch_timestep, CONV_HALO
+    try:
+        family = model_family(job.model)
+        halo = family.temporal_halo
+        if job.parallel.clip_mode == "dual_scope":
+            switch = family.scope_timestep(switch, job.model)
+    except ModelLoadError:
+        pass  # the loader and the preflight report the model's problem
     return ClipParallelConfig(
         mode=job.parallel.clip_mode,
         groupnorm=job.parallel.groupnorm,
         dual_scope=DualScopeConfig(ds.local_radius, ds.global_frames, switch, ds.scope_bias),
+        conv_halo=halo,
     )
 
 

@@ -10,11 +10,12 @@ the same rules the collectives record them with (:class:`parallel.comm.CommStats
 is decided by the installer the family names for each axis (``ModelFamily.parallelize``):
 
 - ``clip`` with :func:`parallel.clip.apply_clip_parallel` (per UNet call, ``n`` clip workers, ``B`` the
-  UNet batch, activations of ``e`` bytes): ``conv_halo``: ``CONV_HALO`` frames of ``B x C x h x w`` from
-  each neighbour per temporal conv layer; ``groupnorm`` (exact statistics): ``(n-1) x 3 x B x groups``
-  float64 per temporal GroupNorm; ``attn_kv`` (exact): ``(n-1)`` clips, padded to the longest, of K and V
-  (``2 x B h w x inner``) per frame; ``attn_scope`` (dual-scope): each neighbour's ``local_radius`` edge
-  frames plus every other clip's global frames of K and V;
+  UNet batch, activations of ``e`` bytes): ``conv_halo``: the family's ``temporal_halo`` frames of
+  ``B x C x h x w`` from each neighbour per temporal conv layer (none without temporal convs);
+  ``groupnorm`` (exact statistics): ``(n-1) x 3 x B x groups`` float64 per temporal GroupNorm;
+  ``attn_kv`` (exact): ``(n-1)`` clips, padded to the longest, of K and V (``2 x B h w x inner``) per
+  frame; ``attn_scope`` (dual-scope): each neighbour's ``local_radius`` edge frames plus every other
+  clip's global frames of K and V;
 - ``clip`` with :func:`parallel.svd.apply_svd_clip_parallel` (Stable Video Diffusion):
   :func:`parallel.svd.clip_bytes_per_call` per temporal ResNet and temporal self-attention;
 - ``patch``: :func:`parallel.patch.traffic_per_step` per UNet call (synchronous for the first
@@ -45,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from parallel.clip import CONV_HALO, _conv_stages
+from parallel.clip import ClipParallelConfig, _conv_stages
 from parallel.dual_scope import global_frame_indices
 from parallel.job_plan import clip_config, job_clips, patch_config, step_config
 from parallel.mesh import ParallelPlan
@@ -300,15 +301,20 @@ def _norm_bytes(batch: int, groups: int, peers: int) -> float:
 
 
 def _clip_call_bytes(
-    shapes: _TemporalShapes, job: JobConfig, clips: list[range], rank: int, batch: int, element: int
+    shapes: _TemporalShapes,
+    job: JobConfig,
+    config: ClipParallelConfig,
+    clips: list[range],
+    rank: int,
+    batch: int,
+    element: int,
 ) -> dict[str, float]:
-    """Bytes clip worker ``rank`` receives in one UNet call of batch ``batch``."""
-    config = clip_config(job)
+    """Bytes clip worker ``rank`` receives in one UNet call of batch ``batch`` under clip config ``config``."""
     n = len(clips)
     neighbours = sum(1 for peer in (rank - 1, rank + 1) if 0 <= peer < n)
     out = {"conv_halo": 0.0}
     for c, h, w, groups in shapes.convs:
-        out["conv_halo"] += neighbours * CONV_HALO * batch * c * h * w * element
+        out["conv_halo"] += neighbours * config.conv_halo * batch * c * h * w * element
         if config.exact_groupnorm:
             out["groupnorm"] = out.get("groupnorm", 0.0) + sum(_norm_bytes(batch, g, n - 1) for g in groups)
     if config.exact_groupnorm:
@@ -335,10 +341,11 @@ def _unet3d_clip_layers(
 ) -> _ClipLayers:
     """:func:`parallel.clip.apply_clip_parallel`: temporal conv layers and transformers (UNet3D's kinds)."""
     shapes = _temporal_shapes(probe, frames, hw)
+    config = clip_config(job)
     norms = [g for *_, groups in shapes.convs for g in groups]
-    if clip_config(job).exact_groupnorm:
+    if config.exact_groupnorm:
         norms += [g for *_, g in shapes.transformers]
-    return _ClipLayers(functools.partial(_clip_call_bytes, shapes, job, element=element), norms)
+    return _ClipLayers(functools.partial(_clip_call_bytes, shapes, job, config, element=element), norms)
 
 
 def _svd_clip_layers(probe: _FamilyUNet, job: JobConfig, frames: int, hw: tuple[int, int], element: int) -> _ClipLayers:

@@ -94,6 +94,10 @@ class ModelFamily:
     """The scheduler ``sampler.name: auto`` becomes (a name of :data:`videogen.sampling.SCHEDULERS`)."""
     components: tuple[str, ...] | None = None
     """The component folders checked before any weights load; None for :data:`videogen.models.loader.COMPONENTS`."""
+    temporal_halo: int = 4
+    """Frames of each neighbouring clip that one temporal convolution module needs under clip parallelism
+    (the half-width of its stacked temporal kernels; 4 for UNet3D's ``TemporalConvLayer``, four stacked
+    convs of temporal kernel 3; 0 without temporal convolutions): the shortest clip the model renders in."""
 
     # -- choosing the family -----------------------------------------------------------------------
 

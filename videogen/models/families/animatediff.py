@@ -65,6 +65,7 @@ class AnimateDiffFamily(ModelFamily):
     name = "animatediff"
     description = "UNetMotionModel: Stable Diffusion 1.5 with an AnimateDiff motion adapter"
     unet_class_names = ("UNetMotionModel", "MotionUNet")
+    temporal_halo = 0  # the motion modules are temporal attention only
 
     def claims(self, unet_config: dict[str, Any], model_index: dict[str, Any] | None, cfg: ModelConfig) -> bool:
         """A ``UNetMotionModel``, or a ``UNet2DConditionModel`` with a motion adapter beside it (named in

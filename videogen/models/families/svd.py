@@ -181,6 +181,7 @@ class SvdFamily(ModelFamily):
     parallelize = {"clip": "parallel.svd:apply_svd_clip_parallel", "patch": "parallel.svd:apply_svd_patch_parallel"}
     default_sampler = "euler"
     components = ("unet", "vae", "scheduler")
+    temporal_halo = 2  # a TemporalResnetBlock: two convs of temporal kernel 3 (parallel.svd.TEMPORAL_HALO)
 
     def unet_class(self) -> type[UNetSpatioTemporalConditionModel]:
         return UNetSpatioTemporalConditionModel
