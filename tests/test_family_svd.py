@@ -161,6 +161,132 @@ def test_render_equals_diffusers_stable_video_diffusion_pipeline(svd_job, svd_di
     assert (ours - reference.permute(0, 2, 3, 1)).abs().max().item() <= 1e-4
 
 
+# -- float16 conditioning --------------------------------------------------------------------------
+
+
+def _fp16_bundle(job):
+    """The tiny model in float16 on the CPU, as the family loads it (``model.dtype: fp16`` is for GPUs)."""
+    from videogen.models.loader import placed
+
+    return placed(model_family(job.model).load(job.model, torch.device("cpu"), torch.float16))
+
+
+class _FirstCall(Exception):
+    pass
+
+
+def _first_unet_call(unet, run) -> dict:
+    """The inputs of the first call of ``unet`` in ``run()``, which stops there."""
+    seen = {}
+
+    def stop(module, args, kwargs):
+        seen.update(sample=args[0], context=kwargs["encoder_hidden_states"], time_ids=kwargs["added_time_ids"])
+        raise _FirstCall
+
+    handle = unet.register_forward_pre_hook(stop, with_kwargs=True)
+    try:
+        run()
+    except _FirstCall:
+        pass
+    finally:
+        handle.remove()
+    return seen
+
+
+def _conditional_image(sample: torch.Tensor) -> torch.Tensor:
+    """The image-latent channels of the conditional branch of a UNet input ``[2, F, 2C, h, w]`` (the other
+    branch's are zeros)."""
+    images = sample[:, :, sample.shape[2] // 2 :]
+    zero = [not images[b].any() for b in range(2)]
+    assert sorted(zero) == [False, True]
+    return images[zero.index(False)]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "force_upcast", "encoded_in"),
+    [
+        (torch.float16, True, torch.float32),
+        (torch.float16, False, torch.float16),
+        (torch.bfloat16, True, torch.bfloat16),
+    ],
+)
+def test_the_image_is_encoded_in_float32_when_a_float16_vae_forces_upcast(
+    svd_dir, first_frame, dtype, force_upcast, encoded_in
+):
+    """diffusers' rule: float32 for a float16 VAE whose config sets ``force_upcast`` (the tiny model's, as
+    SVD's, does), the VAE's dtype otherwise; the VAE is float16 again after the encoding."""
+    import copy
+
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    from videogen.models.families.svd import augmentation_noise, encodes_upcast, image_latent
+
+    vae = AutoencoderKLTemporalDecoder.from_pretrained(str(svd_dir / "vae"), torch_dtype=dtype).eval()
+    assert vae.config.force_upcast
+    vae.register_to_config(force_upcast=force_upcast)
+    image = load_image(first_frame, 32, 32)
+    noise = augmentation_noise(3, image, 0.02)
+    reference = copy.deepcopy(vae).float().encode(image[None] + noise).latent_dist.mode()
+    seen = []
+    vae.encoder.register_forward_pre_hook(
+        lambda module, args: seen.append((args[0].dtype, module.conv_in.weight.dtype))
+    )
+
+    latent = image_latent(vae, image, noise)
+
+    assert encodes_upcast(vae) == (encoded_in == torch.float32)
+    assert seen == [(encoded_in, encoded_in)]
+    assert latent.dtype == torch.float32 and latent.shape == (1, 4, 16, 16)
+    assert {p.dtype for p in vae.parameters()} == {dtype}
+    if encoded_in == torch.float32:
+        assert torch.equal(latent, reference)  # the float32 encode by the same weights
+    else:
+        assert (latent - reference).abs().max().item() > 1e-4  # measured 1.1e-3 (float16), 9.4e-3 (bfloat16)
+
+
+def test_float16_render_conditions_the_unet_as_diffusers_does(svd_job, svd_dir, first_frame):
+    """The first UNet call of a float16 render against diffusers' float16 ``StableVideoDiffusionPipeline``:
+    the same CLIP embedding (both in the encoder's float16) and time ids, and an image latent encoded in
+    float32 by both, then rounded to float16 by both. The two float32 encodes agree to 1.1e-6 (a float16
+    encode is 1.1e-3 off)."""
+    from diffusers import StableVideoDiffusionPipeline
+
+    from videogen.models.families.svd import augmentation_noise, image_latent
+
+    job = svd_job()
+    bundle = _fp16_bundle(job)
+    ours = _first_unet_call(bundle.unet, lambda: denoise(job, bundle, job.noise.seed, WorkerSlot(), progress=False))
+    image = load_image(first_frame, 32, 32)
+    encoded = image_latent(bundle.vae, image, augmentation_noise(job.noise.seed, image, job.svd.noise_aug_strength))
+
+    pipe = StableVideoDiffusionPipeline.from_pretrained(str(svd_dir), dtype=torch.float16, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    moments = []
+    pipe.vae.quant_conv.register_forward_hook(lambda module, args, out: moments.append(out))
+    reference = _first_unet_call(
+        pipe.unet,
+        lambda: pipe(
+            Image.open(first_frame).convert("RGB"),
+            height=32,
+            width=32,
+            num_frames=8,
+            num_inference_steps=3,
+            latents=video_noise(job.noise.seed, range(8), 4, 16, 16).transpose(1, 2).half(),
+            generator=torch.Generator().manual_seed(frame_seed(job.noise.seed, 0, "image")),
+        ),
+    )
+    (reference_moments,) = moments
+    reference_encoded = reference_moments[:, :4]  # the posterior mean, its mode
+
+    assert reference_encoded.dtype == torch.float32
+    assert (encoded - reference_encoded).abs().max().item() <= 1e-5
+    ours_image, reference_image = _conditional_image(ours["sample"]), _conditional_image(reference["sample"])
+    assert torch.equal(ours_image, encoded.half().expand(8, -1, -1, -1))
+    assert torch.equal(reference_image, reference_encoded.half().expand(8, -1, -1, -1))
+    assert torch.equal(ours["context"], reference["context"])
+    assert torch.equal(ours["time_ids"], reference["time_ids"])
+
+
 # -- the parallel axes -----------------------------------------------------------------------------
 
 
