@@ -15,6 +15,7 @@ from videogen.data.shapes import (
     ShapesWorld,
     WorldSpec,
     caption_for,
+    redraw_scene,
     render_scene,
 )
 
@@ -113,3 +114,16 @@ def test_sizes_and_speeds_scale_with_the_frame(size):
     clip = ShapesWorld(WorldSpec(width=width, height=height, frames=3), seed=0).clip(0)
     assert clip.frames.shape == (3, height, width, 3)
     assert clip.flow_forward.shape == (2, 2, height, width)
+
+
+def test_a_redrawn_scene_keeps_the_caption_and_redraws_what_it_leaves_open():
+    spec = WorldSpec(two_objects=1.0, pan=1.0)
+    scene = ShapesWorld(spec, seed=4).scene(2)
+    rng = np.random.default_rng(0)
+    redrawn = [redraw_scene(rng, spec, scene) for _ in range(6)]
+    assert all(r.caption == scene.caption and r.pan == scene.pan and r.texture for r in redrawn)
+    for k, obj in enumerate(scene.objects):
+        assert all(r.objects[k].velocity == pytest.approx(obj.velocity) for r in redrawn)
+        assert len({r.objects[k].start for r in redrawn}) == 6 and len({r.objects[k].radius for r in redrawn}) == 6
+    clip = render_scene(redrawn[0])
+    assert clip.frames.shape == (spec.frames, spec.height, spec.width, 3)

@@ -13,7 +13,9 @@
    caption against the caption with its colour changed (the control: a model that draws the
    prompted colour must predict worse with another) and with its direction reversed. A gap of about
    zero, with the altered caption worse in half the samples, means the word does not reach the
-   prediction at all: a training problem, not a sampling one.
+   prediction at all: a training problem, not a sampling one. Beside it, the same gaps for the best
+   predictions at the highest noise, from the world alone (``caption_oracle``): with each frame's
+   index known, and averaged over frames (the best a predictor that treats frames alike can do).
 
     python tools/bench_train.py [--quick] [--json bench_train.json] [--model shapes]
 """
@@ -117,6 +119,23 @@ def caption_rows(model: str, clips: int) -> list[dict]:
     ]
 
 
+def oracle_rows(clips: int, draws: int) -> list[dict]:
+    """Gaps of :func:`videogen.train.probe.caption_oracle`, one row per altered attribute."""
+    from videogen.train.probe import caption_oracle
+
+    found = caption_oracle(clips=clips, draws=draws)
+    return [
+        {
+            "altered": attribute,
+            "clips": found.samples,
+            "draws": draws,
+            "frame_aware_gap": found.frame_aware[attribute],
+            "frame_blind_gap": found.frame_blind[attribute],
+        }
+        for attribute in ("colour", "direction")
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and renders (under a minute on 2 cores)")
@@ -136,6 +155,8 @@ def main() -> None:
     print(f"\ncolour and shape as prompted: {colour_shape:.0%}; direction: {direction:.0%} (within 45 deg: {near:.0%})")
     sensitivity = caption_rows(args.model, clips=4 if args.quick else 12)
     print_table(f"{args.model}: denoising loss with the true caption vs an altered one", sensitivity)
+    oracle = oracle_rows(clips=4 if args.quick else 12, draws=100 if args.quick else 150)
+    print_table("the same gaps for the best predictions from pure noise (pixels, no model)", oracle)
     targets = {
         "colour_shape_rate": target(colour_shape, ">= 0.9"),
         "direction_rate": target(direction, ">= 0.8"),
@@ -149,6 +170,7 @@ def main() -> None:
         "renders": render_rows,
         "direction_within_45": near,
         "caption_sensitivity": sensitivity,
+        "caption_oracle": oracle,
     }
     write_json(args.json, results, targets)
 

@@ -190,6 +190,19 @@ def _sample_object(rng: np.random.Generator, spec: WorldSpec, colour: str, pan: 
     else:
         direction = str(rng.choice([d for d in DIRECTIONS if d != "still"]))
         speed = str(rng.choice(list(SPEEDS)))
+    return _placed_object(rng, spec, shape, colour, radius, direction, speed, pan)
+
+
+def _placed_object(
+    rng: np.random.Generator,
+    spec: WorldSpec,
+    shape: str,
+    colour: str,
+    radius: float,
+    direction: str,
+    speed: str,
+    pan: tuple[float, float],
+) -> ObjectSpec:
     unit = DIRECTIONS[direction]
     pixels = SPEEDS.get(speed, 0.0) * spec.width / 64.0 if direction != "still" else 0.0
     velocity = (unit[0] * pixels, unit[1] * pixels)
@@ -211,19 +224,44 @@ def sample_scene(rng: np.random.Generator, spec: WorldSpec) -> Scene:
     count = 2 if rng.random() < spec.two_objects else 1
     colours = rng.choice(spec.colours, size=count, replace=False)
     objects = tuple(_sample_object(rng, spec, str(c), pan) for c in colours)
-    texture: tuple[tuple[float, float, float, float], ...] = ()
-    if textured:
-        texture = tuple(
-            (
-                float(rng.uniform(0.03, 0.08)),
-                float(rng.uniform(0.0, 2 * math.pi)),
-                float(rng.uniform(0.0, 2 * math.pi)),
-                float(rng.uniform(14.0, 32.0)),
-            )
-            for _ in range(3)
-        )
+    texture = _texture(rng) if textured else ()
     background = str(rng.choice(list(BACKGROUNDS)))
     return Scene(objects, background, texture, pan, pan_direction, spec.width, spec.height, spec.frames)
+
+
+def _texture(rng: np.random.Generator) -> tuple[tuple[float, float, float, float], ...]:
+    return tuple(
+        (
+            float(rng.uniform(0.03, 0.08)),
+            float(rng.uniform(0.0, 2 * math.pi)),
+            float(rng.uniform(0.0, 2 * math.pi)),
+            float(rng.uniform(14.0, 32.0)),
+        )
+        for _ in range(3)
+    )
+
+
+def redraw_scene(rng: np.random.Generator, spec: WorldSpec, scene: Scene) -> Scene:
+    """Another scene with ``scene``'s caption: the same objects' shapes, colours, directions and speeds and
+    the same camera pan, with everything the caption leaves open drawn afresh from ``spec`` (each object's
+    size and start, the background colour and, where the caption allows it, the texture)."""
+    textured = bool(scene.pan_direction) or rng.random() < spec.textured
+    objects = tuple(
+        _placed_object(
+            rng,
+            spec,
+            obj.shape,
+            obj.colour,
+            float(rng.uniform(*spec.size_range)) * min(spec.width, spec.height),
+            obj.direction,
+            obj.speed,
+            scene.pan,
+        )
+        for obj in scene.objects
+    )
+    texture = _texture(rng) if textured else ()
+    background = str(rng.choice(list(BACKGROUNDS)))
+    return Scene(objects, background, texture, scene.pan, scene.pan_direction, spec.width, spec.height, spec.frames)
 
 
 def clip_rng(seed: int, index: int) -> np.random.Generator:

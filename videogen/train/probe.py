@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from videogen.data.shapes import DIRECTIONS, PALETTE, ShapesWorld, WorldSpec, caption_for
+from videogen.data.shapes import DIRECTIONS, PALETTE, ShapesWorld, WorldSpec, caption_for, redraw_scene, render_scene
 from videogen.models.loader import ModelBundle
 from videogen.models.text_condition import unet_text_kwargs
 from videogen.prompts import encode_texts
@@ -45,7 +45,8 @@ class CaptionSensitivity:
         return (self.loss_altered[attribute] - self.loss_true) / self.loss_true
 
 
-def _altered(scene, attribute: str) -> str:
+def _altered_scene(scene, attribute: str):
+    """``scene`` with its first object's colour (the next palette colour) or direction (the opposite) changed."""
     obj = scene.objects[0]
     if attribute == "colour":
         colours = list(PALETTE)
@@ -54,7 +55,71 @@ def _altered(scene, attribute: str) -> str:
         obj = replace(obj, direction=OPPOSITE[obj.direction])
     else:
         raise ValueError(f"unknown attribute {attribute!r}: colour or direction")
-    return caption_for(replace(scene, objects=(obj, *scene.objects[1:])))
+    return replace(scene, objects=(obj, *scene.objects[1:]))
+
+
+def _altered(scene, attribute: str) -> str:
+    return caption_for(_altered_scene(scene, attribute))
+
+
+def probe_world(frames: int = 16, seed: int = 123) -> ShapesWorld:
+    """The probe's clips: one moving object, no camera pan, 64x64."""
+    spec = WorldSpec(width=64, height=64, frames=frames, two_objects=0.0, still=0.0, pan=0.0, size_range=(0.15, 0.22))
+    return ShapesWorld(spec, seed=seed)
+
+
+@dataclass
+class OracleGaps:
+    """The caption probe's gaps for the best predictions when a clip's frames are pure noise, in pixels.
+
+    ``frame_aware``: predictions that know each frame's index; ``frame_blind``: the same averaged over
+    the clip's frames, the best a predictor can do that treats every frame alike.
+    """
+
+    samples: int
+    frame_aware: dict[str, float]
+    frame_blind: dict[str, float]
+
+
+def caption_oracle(clips: int = 12, draws: int = 150, seed: int = 123, frames: int = 16) -> OracleGaps:
+    """What the caption probe's gaps could be, measured from the world alone (no model).
+
+    At the highest noise ``z_t`` carries nothing of the clip, and the loss-minimising prediction of
+    its frames is the conditional mean ``m_c = E[x | c]``: estimated here as the mean of ``draws``
+    clips drawn with caption ``c`` (:func:`videogen.data.shapes.redraw_scene`; sizes, starts and
+    backgrounds afresh). The gap of an altered caption ``c'`` is ``|x - m_c'|^2 / |x - m_c|^2 - 1``
+    over pixels in [0, 1], averaged over the probe's clips. A predictor that treats frames alike
+    (a UNet with no temporal position) can reach at best ``mean_f m_c`` in every frame; for a
+    direction flipped to its opposite that mean is the same path run backwards, so its gap is zero
+    for paths that fit the frame (a path that bounces can differ slightly from its reverse), up to
+    the sampling error of ``draws``.
+    """
+    world = probe_world(frames, seed)
+    rng = np.random.default_rng(seed)
+    attributes = ("colour", "direction")
+    aware: dict[str, list[float]] = {a: [] for a in attributes}
+    blind: dict[str, list[float]] = {a: [] for a in attributes}
+
+    def mean_clip(scene) -> np.ndarray:
+        total = sum(render_scene(redraw_scene(rng, world.spec, scene)).frames.astype(np.float64) for _ in range(draws))
+        return total / (255.0 * draws)
+
+    for index in range(clips):
+        scene = world.scene(index)
+        x = render_scene(scene).frames.astype(np.float64) / 255.0
+        means = {"true": mean_clip(scene)}
+        for a in attributes:
+            means[a] = mean_clip(_altered_scene(scene, a))
+        for table, blur in ((aware, False), (blind, True)):
+            m = {k: np.broadcast_to(v.mean(axis=0), v.shape) if blur else v for k, v in means.items()}
+            base = float(np.mean((x - m["true"]) ** 2))
+            for a in attributes:
+                table[a].append(float(np.mean((x - m[a]) ** 2)) / base - 1.0)
+    return OracleGaps(
+        samples=clips,
+        frame_aware={a: float(np.mean(v)) for a, v in aware.items()},
+        frame_blind={a: float(np.mean(v)) for a, v in blind.items()},
+    )
 
 
 @torch.no_grad()
@@ -67,8 +132,7 @@ def caption_sensitivity(
 ) -> CaptionSensitivity:
     """The loss with the true caption and with its colour or direction changed, on ``clips`` moving single
     objects of a 64x64 shapes world (no camera pan), at each of ``timesteps``."""
-    spec = WorldSpec(width=64, height=64, frames=frames, two_objects=0.0, still=0.0, pan=0.0, size_range=(0.15, 0.22))
-    world = ShapesWorld(spec, seed=seed)
+    world = probe_world(frames, seed)
     v_prediction = bundle.scheduler_config.get("prediction_type", "epsilon") == "v_prediction"
     from diffusers import DDPMScheduler
 
