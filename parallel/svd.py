@@ -57,14 +57,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from diffusers.models.attention_processor import Attention
 from diffusers.models.resnet import TemporalResnetBlock
 from torch import nn
 
-from parallel.clip import ClipAttnProcessor, ClipParallelConfig, _ClipState
+from parallel.clip import ClipAttnProcessor, ClipParallelConfig, _ClipState, min_clip_frames
 from parallel.comm import AxisComm
 from parallel.dual_scope import (
     DualScopeConfig,
@@ -185,7 +185,7 @@ def _agree_on_clips(comm: AxisComm, frames: range, num_frames: int, config: Clip
     tiled = all(a == b for a, b in zip(bounds[0::2], bounds[1::2], strict=True))
     if any(row[2] != num_frames for row in rows) or not tiled:
         raise ConfigError(f"the clips {clips} do not tile the {num_frames} frames in rank order")
-    halo = TEMPORAL_HALO if config.mode == "exact" else max(TEMPORAL_HALO, config.dual_scope.local_radius)
+    halo = min_clip_frames(replace(config, conv_halo=TEMPORAL_HALO))
     if len(clips) > 1 and min(len(c) for c in clips) < halo:
         raise ConfigError(
             f"a clip of {min(len(c) for c in clips)} frames is shorter than the {halo}-frame temporal halo; "
