@@ -6,10 +6,15 @@ flat however long the video is. Everything is written under a temporary name and
 discards it instead. A PNG folder replaces only a folder of frames (:func:`foreign_entry`):
 a folder holding anything else is never deleted.
 
-The same frames with the same settings give the same mp4 bytes on every machine: libx264 runs on
-one thread (:data:`X264_OPTIONS`). Left to choose, it takes a thread count from the CPUs this
-process may use and splits frames into that many slices, so the bitstream (and the decoded pixels)
-would depend on the machine, a Ray worker's CPU share or a ``taskset``.
+The same frames with the same settings give the same mp4 bytes on every machine and in every
+process (:data:`X264_OPTIONS`):
+
+- libx264 runs on one thread. Left to choose, it takes a thread count from the CPUs this process
+  may use and splits frames into that many slices, so the bitstream (and the decoded pixels) would
+  depend on the machine, a Ray worker's CPU share or a ``taskset``.
+- macroblock-tree rate control is off. With it on, the bytes of a short clip depend on memory the
+  encoder did not initialise: the same frames gave different bytes in about half of fresh processes,
+  and now and then between two encodes in one process.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from videogen.errors import MediaError
 from videogen.io.atomic import commit, discard, partial_path
 
 FRAME_NAME = re.compile(r"^frame_\d{6}\.png$")
-X264_OPTIONS = {"preset": "medium", "threads": "1"}  # one thread: the same bytes wherever it runs
+X264_OPTIONS = {"preset": "medium", "threads": "1", "x264-params": "mbtree=0"}
 
 
 def foreign_entry(folder: Path) -> str | None:
