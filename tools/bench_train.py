@@ -16,6 +16,9 @@
    prediction at all: a training problem, not a sampling one. Beside it, the same gaps for the best
    predictions at the highest noise, from the world alone (``caption_oracle``): with each frame's
    index known, and averaged over frames (the best a predictor that treats frames alike can do).
+4. The splice test (:mod:`videogen.train.splice`): the same single-object renders with the sampling steps
+   at timesteps >= 700 taken from the caption's mean clip instead of the model, frame by frame or
+   averaged over the frames; what placing each frame as the caption says at high noise is worth.
 
     python tools/bench_train.py [--quick] [--json bench_train.json] [--model shapes]
 """
@@ -136,6 +139,33 @@ def oracle_rows(clips: int, draws: int) -> list[dict]:
     ]
 
 
+def splice_rows(model: str, prompts: int, draws: int, until: int = 700) -> list[dict]:
+    """:func:`videogen.train.splice.spliced_directions`: the model alone, then a frame-blind and a
+    frame-aware caption mean standing in for it at timesteps ``>= until``."""
+    from videogen.models.loader import load_bundle
+    from videogen.train.splice import spliced_directions
+
+    bundle = load_bundle(ModelConfig(path=model))
+    runs = [
+        ("model alone", 1000, True),
+        ("frame-blind mean, t >= 700", until, False),
+        ("frame-aware mean, t >= 700", until, True),
+    ]
+    rows = []
+    for name, start, aware in runs:
+        found = spliced_directions(bundle, start, frame_aware=aware, prompts=prompts, draws=draws)
+        rows.append(
+            {
+                "first steps": name,
+                "renders": found.renders,
+                "direction": found.direction,
+                "near": found.near,
+                "colour": found.colour,
+            }
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and renders (under a minute on 2 cores)")
@@ -157,6 +187,8 @@ def main() -> None:
     print_table(f"{args.model}: denoising loss with the true caption vs an altered one", sensitivity)
     oracle = oracle_rows(clips=4 if args.quick else 12, draws=100 if args.quick else 150)
     print_table("the same gaps for the best predictions from pure noise (pixels, no model)", oracle)
+    splice = splice_rows(args.model, prompts=2 if args.quick else 20, draws=8 if args.quick else 48)
+    print_table(f"{args.model}: directions when the first steps place the object as the caption's mean clip", splice)
     targets = {
         "colour_shape_rate": target(colour_shape, ">= 0.9"),
         "direction_rate": target(direction, ">= 0.8"),
@@ -171,6 +203,7 @@ def main() -> None:
         "direction_within_45": near,
         "caption_sensitivity": sensitivity,
         "caption_oracle": oracle,
+        "splice": splice,
     }
     write_json(args.json, results, targets)
 

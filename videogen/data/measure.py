@@ -99,12 +99,18 @@ class CaptionSpec:
     pan_direction: str = ""
 
     @property
-    def caption(self) -> str:
-        """The caption the world's grammar writes for this spec (``parse_caption`` inverts it)."""
+    def scene(self) -> Scene:
+        """A scene with this caption; what the caption leaves open (sizes, starts, background) is a placeholder
+        (:func:`videogen.data.shapes.redraw_scene` draws it)."""
         objects = tuple(
             ObjectSpec(o.shape, o.colour, 1.0, (0.0, 0.0), (0.0, 0.0), o.direction, o.speed) for o in self.objects
         )
-        return caption_for(Scene(objects, "black", pan_direction=self.pan_direction))
+        return Scene(objects, "black", pan_direction=self.pan_direction)
+
+    @property
+    def caption(self) -> str:
+        """The caption the world's grammar writes for this spec (``parse_caption`` inverts it)."""
+        return caption_for(self.scene)
 
 
 _WORD = r"[a-z\-]+"
