@@ -219,7 +219,8 @@ def test_the_image_is_encoded_in_float32_when_a_float16_vae_forces_upcast(
 
     from diffusers import AutoencoderKLTemporalDecoder
 
-    from videogen.models.families.svd import augmentation_noise, encodes_upcast, image_latent
+    from videogen.models.families.svd import augmentation_noise, image_latent
+    from videogen.models.vae_encode import encodes_upcast
 
     vae = AutoencoderKLTemporalDecoder.from_pretrained(str(svd_dir / "vae"), torch_dtype=dtype).eval()
     assert vae.config.force_upcast

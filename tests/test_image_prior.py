@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from videogen.config import ModelConfig, PromptsConfig
 from videogen.errors import ConfigError
 from videogen.io.image import load_image
 from videogen.models.loader import load_bundle
-from videogen.models.tiny import tiny_scheduler
+from videogen.models.tiny import tiny_scheduler, tiny_vae
 from videogen.noise.gaussian import video_noise
 from videogen.noise.i2v_spec import ImageToVideoSpec, prior_schedule, validate_i2v_spec
 from videogen.noise.image_prior import (
@@ -265,6 +266,66 @@ def test_encode_image_latent_is_deterministic_and_per_frame(tiny):
     image = torch.linspace(-1, 1, 64 * 64 * 3).reshape(3, 64, 64)
     assert z0.shape == (1, 4, 1, 16, 16)
     assert torch.equal(encode_image_latent(bundle.vae, image[None]), z0)
+
+
+# -- the precision of the image encoding ------------------------------------------------------------
+
+IMAGE = torch.linspace(-1, 1, 3 * 32 * 32).reshape(3, 32, 32)
+
+
+def _encoded_in(vae, dtype: torch.dtype, image: torch.Tensor) -> torch.Tensor:
+    """``z0`` from a copy of ``vae`` cast whole to ``dtype``, encoded in that dtype."""
+    model = copy.deepcopy(vae).to(dtype)
+    return (model.encode(image[None].to(dtype)).latent_dist.mode().float() * vae.config.scaling_factor).unsqueeze(2)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "force_upcast", "encoded_in"),
+    [
+        (torch.float16, True, torch.float32),
+        (torch.float16, False, torch.float16),
+        (torch.bfloat16, True, torch.bfloat16),
+        (torch.float32, True, torch.float32),
+    ],
+)
+def test_the_image_latent_is_encoded_in_float32_when_a_float16_vae_forces_upcast(dtype, force_upcast, encoded_in):
+    """diffusers' rule: float32 for a float16 VAE whose config sets ``force_upcast`` (AutoencoderKL's default,
+    kept by Stable Diffusion's VAEs), the VAE's dtype otherwise; the VAE is float16 again after the encoding."""
+    vae = tiny_vae().to(dtype)
+    assert vae.config.force_upcast
+    vae.register_to_config(force_upcast=force_upcast)
+    reference = _encoded_in(vae, encoded_in, IMAGE)  # the same weights, cast from the VAE's own
+    other = _encoded_in(vae, torch.float16 if encoded_in == torch.float32 else torch.float32, IMAGE)
+    seen = []
+    vae.encoder.register_forward_pre_hook(
+        lambda module, args: seen.append((args[0].dtype, module.conv_in.weight.dtype))
+    )
+
+    z0 = encode_image_latent(vae, IMAGE)
+
+    assert seen == [(encoded_in, encoded_in)]
+    assert {p.dtype for p in vae.parameters()} == {dtype}
+    assert z0.dtype == torch.float32 and z0.shape == (1, 4, 1, 8, 8)
+    assert torch.equal(z0, reference)
+    if dtype == torch.float16:  # float16 against float32 encodes of the same weights: measured 2.8e-4
+        assert (z0 - other).abs().max().item() > 1e-4
+
+
+def test_the_upcast_encoding_survives_activations_that_overflow_float16():
+    """Why diffusers upcasts: an encoder activation past float16's largest value (65504) is inf in float16
+    and NaN after the group norm that follows it; in float32 it is an ordinary number."""
+    vae = tiny_vae()
+    with torch.no_grad():
+        vae.encoder.conv_in.weight.fill_(3000.0)  # on a white image 27 * 3000 = 81000 at interior pixels
+    vae = vae.half()
+    white = torch.ones(3, 32, 32)
+    assert not _encoded_in(vae, torch.float16, white).isfinite().all()
+
+    z0 = encode_image_latent(vae, white)
+
+    assert z0.isfinite().all()
+    assert torch.equal(z0, _encoded_in(vae, torch.float32, white))
+    assert {p.dtype for p in vae.parameters()} == {torch.float16}
 
 
 # -- the image: job section -----------------------------------------------------------------------

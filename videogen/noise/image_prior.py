@@ -37,6 +37,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FlowMatchH
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from videogen.errors import ConfigError
+from videogen.models.vae_encode import encode_posterior
 from videogen.sampling import StepContext, StepHook
 
 PredictionForm = Literal["epsilon", "v_prediction", "flow"]
@@ -211,11 +212,12 @@ def encode_image_latent(vae: AutoencoderKL, image: torch.Tensor) -> torch.Tensor
     """``z0 = scaling_factor * mean(E(image))``: ``(1, C, 1, h, w)`` float32 on the VAE's device.
 
     ``image`` is ``(3, H, W)`` or ``(1, 3, H, W)`` in [-1, 1] (:func:`videogen.io.image.load_image`).
-    The posterior mean, not a sample, so ``z0`` is deterministic.
+    The posterior mean, not a sample, so ``z0`` is deterministic. ``E`` runs in the VAE's dtype, or in
+    float32 for a float16 VAE whose config sets ``force_upcast`` (:func:`videogen.models.vae_encode.encode_posterior`).
     """
     if image.dim() == 3:
         image = image[None]
-    posterior = vae.encode(image.to(device=vae.device, dtype=vae.dtype)).latent_dist
+    posterior = encode_posterior(vae, image)
     return (posterior.mode().float() * vae.config.scaling_factor).unsqueeze(2)
 
 

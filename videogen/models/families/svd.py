@@ -57,6 +57,7 @@ from videogen.models.bundled import model_root
 from videogen.models.family import LatentGeometry, ModelFamily, register_family
 from videogen.models.layers import SpatialModules, TemporalModules
 from videogen.models.loader import ModelBundle, load_component, load_scheduler_config
+from videogen.models.vae_encode import encode_posterior
 from videogen.noise.gaussian import frame_noise
 from videogen.prompts import TextContext
 
@@ -128,31 +129,14 @@ def image_embedding(
     return encoder(pixels.to(device=encoder.device, dtype=encoder.dtype)).image_embeds[:, None]
 
 
-def encodes_upcast(vae: AutoencoderKLTemporalDecoder) -> bool:
-    """Whether the image is encoded in float32: a float16 VAE whose config sets ``force_upcast`` (SVD's
-    does; its encoder's float16 activations can overflow), as diffusers' ``StableVideoDiffusionPipeline``
-    decides. Only the encoding is upcast; decoding stays in the VAE's dtype there too."""
-    return vae.dtype == torch.float16 and bool(vae.config.force_upcast)
-
-
 @torch.no_grad()
 def image_latent(vae: AutoencoderKLTemporalDecoder, image: torch.Tensor, augmentation: torch.Tensor) -> torch.Tensor:
     """``mode(E(x + augmentation))`` ``(1, C, h, w)``, float32: the image latent SVD concatenates (unscaled).
     ``image`` is ``(3, H, W)`` in [-1, 1], ``augmentation`` ``(1, 3, H, W)``; ``x + augmentation`` is formed
-    in float32. ``E`` runs in the VAE's dtype, or in float32 where :func:`encodes_upcast` says so: the parts
-    ``E`` uses (encoder and ``quant_conv``) are cast to float32 for it and back to float16 after it (exact,
-    every float16 value being a float32 one)."""
-    x = (image[None].float() + augmentation).to(vae.device)
-    if not encodes_upcast(vae):
-        return vae.encode(x.to(vae.dtype)).latent_dist.mode().float()
-    parts = (vae.encoder, vae.quant_conv)
-    for part in parts:
-        part.float()
-    try:
-        return vae.encode(x).latent_dist.mode()
-    finally:
-        for part in parts:
-            part.half()
+    in float32. ``E`` runs in the VAE's dtype, or in float32 for a float16 VAE that sets ``force_upcast``
+    (SVD's does), as diffusers' ``StableVideoDiffusionPipeline`` does
+    (:func:`videogen.models.vae_encode.encode_posterior`)."""
+    return encode_posterior(vae, image[None].float() + augmentation).mode().float()
 
 
 def augmentation_noise(seed: int, image: torch.Tensor, strength: float) -> torch.Tensor:
