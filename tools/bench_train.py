@@ -139,7 +139,7 @@ def oracle_rows(clips: int, draws: int) -> list[dict]:
     ]
 
 
-def splice_rows(model: str, prompts: int, draws: int, until: int = 700) -> list[dict]:
+def splice_rows(model: str, prompts: int, draws: int, steps: int, until: int = 700) -> list[dict]:
     """:func:`videogen.train.splice.spliced_directions`: the model alone, then a frame-blind and a
     frame-aware caption mean standing in for it at timesteps ``>= until``."""
     from videogen.models.loader import load_bundle
@@ -153,7 +153,7 @@ def splice_rows(model: str, prompts: int, draws: int, until: int = 700) -> list[
     ]
     rows = []
     for name, start, aware in runs:
-        found = spliced_directions(bundle, start, frame_aware=aware, prompts=prompts, draws=draws)
+        found = spliced_directions(bundle, start, frame_aware=aware, prompts=prompts, draws=draws, steps=steps)
         rows.append(
             {
                 "first steps": name,
@@ -187,7 +187,7 @@ def main() -> None:
     print_table(f"{args.model}: denoising loss with the true caption vs an altered one", sensitivity)
     oracle = oracle_rows(clips=4 if args.quick else 12, draws=100 if args.quick else 150)
     print_table("the same gaps for the best predictions from pure noise (pixels, no model)", oracle)
-    splice = splice_rows(args.model, prompts=2 if args.quick else 20, draws=8 if args.quick else 48)
+    splice = splice_rows(args.model, prompts=2 if args.quick else 20, draws=8 if args.quick else 48, steps=steps)
     print_table(f"{args.model}: directions when the first steps place the object as the caption's mean clip", splice)
     targets = {
         "colour_shape_rate": target(colour_shape, ">= 0.9"),
