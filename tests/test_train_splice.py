@@ -59,5 +59,7 @@ def test_placing_each_frame_as_the_caption_says_at_high_noise_carries_the_prompt
     alone = spliced_directions(shapes, 1000, prompts=2, draws=1)
     blind = spliced_directions(shapes, 700, frame_aware=False, prompts=2, draws=12)
     aware = spliced_directions(shapes, 700, frame_aware=True, prompts=2, draws=12)
-    assert (alone.direction, blind.direction, aware.direction) == (0, 0, 2)
+    # counted within 45 degrees: the six tracks here are 9-20 degrees (frame-aware) or 80-150 degrees (the
+    # others) off the prompt, far from that line on either side, so the outcome does not hang on rounding
+    assert (alone.near, blind.near, aware.near) == (0, 0, 2)
     assert aware.colour == 2 and aware.renders == 2
