@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from test_reproducible_mp4 import _encode, _frames
 frames, other = _frames(), _frames(count=20, size=96)[::-1].copy()
-folder = Path(tempfile.mkdtemp())
+folder = Path(tempfile.mkdtemp(dir="."))  # inside the test's tmp_path, the working directory
 for i in range(4):
     print(_encode(folder / f"run{i}.mp4", frames))
     _encode(folder / f"other{i}.mp4", other)

@@ -8,7 +8,9 @@ import torch
 
 from videogen.config import ModelConfig
 from videogen.models.loader import load_bundle
+from videogen.models.text_condition import unet_text_kwargs
 from videogen.sampling import make_scheduler
+from videogen.train.probe import probe_world
 from videogen.train.splice import CaptionMeanStart, caption_mean_latents, spliced_directions
 
 
@@ -18,8 +20,6 @@ def shapes():
 
 
 def test_the_caption_mean_is_the_average_of_its_redrawn_clips_latents(shapes):
-    from videogen.train.probe import probe_world
-
     spec, caption = probe_world(8).spec, "a red circle moving right"
     rng = np.random.default_rng(3)
     first = caption_mean_latents(shapes.vae, caption, spec, rng, 1)
@@ -44,8 +44,6 @@ def test_above_until_the_output_implies_the_mean_as_the_clean_latent_and_below_i
         a = abars[t]
         x0 = a.sqrt() * sample - (1 - a).sqrt() * v  # the clean latent a v-prediction implies
         torch.testing.assert_close(x0, mean.expand_as(sample), rtol=1e-4, atol=1e-4)
-    from videogen.models.text_condition import unet_text_kwargs
-
     with torch.no_grad():
         below = call(sample, torch.tensor(699), context, ("uncond", "cond"))
         direct = shapes.unet(sample, torch.tensor(699), **unet_text_kwargs(shapes.unet, context)).sample

@@ -148,8 +148,8 @@ def splice_rows(model: str, prompts: int, draws: int, steps: int, until: int = 7
     bundle = load_bundle(ModelConfig(path=model))
     runs = [
         ("model alone", 1000, True),
-        ("frame-blind mean, t >= 700", until, False),
-        ("frame-aware mean, t >= 700", until, True),
+        (f"frame-blind mean, t >= {until}", until, False),
+        (f"frame-aware mean, t >= {until}", until, True),
     ]
     rows = []
     for name, start, aware in runs:

@@ -28,6 +28,7 @@ from videogen.decode import decode_chunks, to_uint8
 from videogen.eval.prompts import single_object_prompts
 from videogen.models.loader import ModelBundle
 from videogen.models.text_condition import unet_text_kwargs
+from videogen.models.vae_encode import encode_posterior
 from videogen.prompts import TextContext, encode_texts
 from videogen.sampling import Denoiser, make_scheduler, run_steps
 from videogen.train.probe import probe_world
@@ -50,11 +51,10 @@ def caption_mean_latents(vae, caption: str, spec: WorldSpec, rng: np.random.Gene
     """``E[z_0 | caption]`` per frame, ``(1, C, F, h, w)``: the mean VAE latent (posterior means, scaled) of
     ``draws`` clips of ``spec`` redrawn with ``caption``'s objects and camera pan."""
     template = parse_caption(caption).scene
-    device = next(vae.parameters()).device
     total = None
     for _ in range(draws):
         frames = render_scene(redraw_scene(rng, spec, template)).frames
-        latent = vae.encode(to_pixels(frames[None], device)).latent_dist.mean * vae.config.scaling_factor
+        latent = encode_posterior(vae, to_pixels(frames[None], vae.device)).mean * vae.config.scaling_factor
         total = latent if total is None else total + latent
     mean = total / draws  # (F, C, h, w)
     return mean.permute(1, 0, 2, 3)[None].float()
