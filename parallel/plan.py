@@ -59,7 +59,6 @@ from videogen.errors import ConfigError, ModelLoadError, VideogenError
 from videogen.models.family import LatentGeometry, ModelFamily
 from videogen.models.layers import SpatialModules
 from videogen.models.loader import DTYPES, component_config, component_dir, model_components, model_family
-from videogen.noise.image_prior import i2v_start_index
 from videogen.sampling import Denoiser
 
 SETUP_KINDS = frozenset({"setup", "resume", "image_latent", "report"})
@@ -388,9 +387,11 @@ PATCH_INSTALLERS = frozenset({"parallel.patch:apply_patch_parallel", "parallel.s
 
 
 def _first_step(family: ModelFamily, job: JobConfig) -> int:
-    """The first step the loop runs: later than 0 when an image prior starts from the image latent
-    (``image.strength`` below 1, docs/i2v.md)."""
-    return i2v_start_index(job.sampler.steps, job.image.strength) if family.uses_image_prior(job) else 0
+    """The first step the loop runs: later than 0 when it starts from the image latent (``image.strength``
+    below 1, docs/i2v.md) or from a layout prior (``layout.strength`` below 1, docs/layout.md)."""
+    from videogen.pipeline import first_step
+
+    return first_step(job, family)
 
 
 def _unet_batches(job: JobConfig, step_rank: int, guided: bool, start: int) -> list[int]:
@@ -438,8 +439,8 @@ def plan_render(job: JobConfig) -> RenderPlan:
         par.mesh(), par.world_size, par.launcher if par.world_size > 1 else "this process", job.sampler.steps
     )
     plan.problems = [str(error) for error in preflight_errors(job)]
-    if any(p.startswith(("model.", "parallel.", "video.")) for p in plan.problems):
-        return plan  # the shares below need a readable model and a possible split
+    if any(p.startswith(("model.", "parallel.", "video.", "layout.prior")) for p in plan.problems):
+        return plan  # the shares below need a readable model, a possible split and the first step
     model = _model(job)
     if model is None:
         return plan

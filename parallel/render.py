@@ -35,6 +35,7 @@ from videogen.pipeline import (
     decode_to,
     denoise,
     image_record,
+    layout_record,
     package_versions,
     write_job_record,
 )
@@ -253,6 +254,7 @@ def render_worker(
                 "device": str(worker.bundle.device),
                 "host": report.host,
                 "image": image_record(job),
+                "layout": layout_record(job),
                 "versions": package_versions(),
                 "worker_reports": [_record_of(r) for r in reports],
                 **(record or {}),

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from videogen.config import JobConfig
+from videogen.config import JobConfig, layout_folder
 from videogen.errors import VideogenError
 from videogen.sampling import StepContext, StepHook, scheduler_state
 
@@ -31,10 +31,13 @@ _NAME = re.compile(r"^step(\d{5})\.frames(\d+)-(\d+)\.safetensors$")
 def job_fingerprint(job: JobConfig) -> str:
     """Hash of the sections that determine the latents (not output or parallel layout).
 
-    The first-frame image's bytes count too: a changed image at the same path is another job.
+    The first-frame image's bytes count too: a changed image at the same path is another job; so does the
+    layout prior folder ``layout.prior`` resolves to (``auto`` finds it in the model folder).
     """
     container = OmegaConf.to_container(OmegaConf.structured(job), resolve=True)
-    shaping = {k: container[k] for k in ("model", "prompts", "video", "sampler", "noise", "image", "svd")}
+    shaping = {k: container[k] for k in ("model", "prompts", "video", "sampler", "noise", "image", "layout", "svd")}
+    folder = layout_folder(job)
+    shaping["layout_folder"] = str(folder) if folder is not None else None
     if job.image.path is not None and Path(job.image.path).is_file():
         shaping["image_sha256"] = hashlib.sha256(Path(job.image.path).read_bytes()).hexdigest()
     shaping["sampler"] = {k: v for k, v in shaping["sampler"].items() if k != "checkpoint_every"}

@@ -263,6 +263,22 @@ class SvdSection:
 
 
 @dataclass
+class LayoutSection:
+    """The text-to-layout prior a render starts from (docs/layout.md): SDEdit from the prior's mean latent
+    of each frame, noised to the first step run.
+
+    ``prior``: ``auto`` uses ``<model>/layout_prior/`` when the model folder has one, the job gives no
+    image (``image.path``) and its noise is ``gaussian`` (warped noise and images bring their own motion and
+    content); ``off`` (YAML reads a bare ``off`` as false, which means the same) never does; anything else is
+    a layout prior folder, used even with warped noise. ``strength``: the share of the sampling steps run
+    from the layout start, in (0, 1].
+    """
+
+    prior: str | bool = "auto"
+    strength: float = 0.5
+
+
+@dataclass
 class JobConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
@@ -270,6 +286,7 @@ class JobConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     image: ImageToVideoSpec = field(default_factory=ImageToVideoSpec)
+    layout: LayoutSection = field(default_factory=LayoutSection)
     svd: SvdSection = field(default_factory=SvdSection)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -502,6 +519,7 @@ def _problems(job: JobConfig) -> list[tuple[str, str]]:
         out.append(("noise.seed", f"{job.noise.seed}: a seed is >= 0, or -1 to draw one"))
     out.extend(_parallel_problems(job))
     out.extend((f"image.{key}", message) for key, message in i2v_problems(job.image))
+    out.extend(_layout_problems(job))
     out.extend(_svd_problems(job.svd))
     if job.noise.kind == "warped":
         try:
@@ -533,6 +551,53 @@ def _problems(job: JobConfig) -> list[tuple[str, str]]:
     if p.schedule and v.num_frames >= 1:
         out.extend(_schedule_problems(p, v.num_frames))
     return out
+
+
+LAYOUT_SETTINGS = ("auto", "off")
+
+
+def _layout_problems(job: JobConfig) -> list[tuple[str, str]]:
+    prior, strength, out = job.layout.prior, job.layout.strength, []
+    if prior is True or (isinstance(prior, str) and not prior.strip()):
+        out.append(("layout.prior", f"{prior!r}: use auto, off, or the folder of a layout prior"))
+    elif isinstance(prior, str) and prior not in LAYOUT_SETTINGS and job.image.path is not None:
+        out.append(
+            (
+                "layout.prior",
+                f"{prior} with image.path {job.image.path}: an image gives the video its content, which a layout "
+                "start would fight; remove one of the two (layout.prior: off renders from the image)",
+            )
+        )
+    if not 0 < strength <= 1:
+        out.append(("layout.strength", f"{strength}: the share of the steps run from the layout is within (0, 1]"))
+    return out
+
+
+def layout_folder(job: JobConfig) -> Path | None:
+    """The layout prior folder the render starts from, or None (docs/layout.md).
+
+    ``auto``: ``<model>/layout_prior/`` when the model folder has one, the job gives no image and its noise
+    is Gaussian; ``off`` (or false): None; else the given folder, which must hold a layout prior
+    (:class:`ConfigError` naming ``layout.prior`` otherwise). Reads the file system, loads no weights.
+    """
+    from videogen.models.layout_prior import CONFIG_NAME, WEIGHTS_NAME, find_layout_prior
+
+    prior = job.layout.prior
+    if prior is False or prior == "off":
+        return None
+    if prior == "auto":
+        if job.image.path is not None or job.noise.kind != "gaussian":
+            return None
+        return find_layout_prior(job.model.path)
+    folder = Path(str(prior)).expanduser()
+    missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / name).is_file()]
+    if missing:
+        raise ConfigError.of(
+            "layout.prior",
+            f"{folder}: no layout prior there (missing {' and '.join(missing)}); use auto, off, "
+            "or a folder written by the layout stage of videogen train",
+        )
+    return folder
 
 
 def _svd_problems(s: SvdSection) -> list[tuple[str, str]]:

@@ -29,7 +29,7 @@ from videogen.checkpoint import (
     load_checkpoint,
     resume_step,
 )
-from videogen.config import JobConfig, output_format, resolve_seed, to_yaml
+from videogen.config import JobConfig, layout_folder, output_format, resolve_seed, to_yaml
 from videogen.decode import decode_chunks, to_uint8
 from videogen.errors import ConfigError, MediaError, ModelLoadError
 from videogen.io.atomic import check_target, write_text_atomic
@@ -38,6 +38,7 @@ from videogen.io.writer import foreign_entry, open_sink
 from videogen.models.attention import check_backend, set_attention_backend
 from videogen.models.family import ModelFamily
 from videogen.models.frame_context import FrameContext, install_frame_context
+from videogen.models.layout_prior import LayoutPrior, layout_latents, load_layout_prior
 from videogen.models.loader import (
     DTYPES,
     ModelBundle,
@@ -59,6 +60,7 @@ from videogen.noise.image_prior import (
     prediction_form,
 )
 from videogen.noise.warped_latents import warped_latent_noise
+from videogen.prompts import TextContext
 from videogen.sampling import Denoiser, ProgressHook, StepHook, make_scheduler, restore_scheduler_state, run_steps
 
 Installer = Callable[[torch.nn.Module, Denoiser], Callable[[], None]]
@@ -242,6 +244,52 @@ def image_prior(
     return latents, start, ImagePriorHook(z0, prior_schedule(spec), fusion)
 
 
+def layout_start(
+    job: JobConfig,
+    bundle: ModelBundle,
+    scheduler,
+    text: TextContext,
+    frames: range,
+    fresh: torch.Tensor,
+    folder: Path,
+) -> tuple[torch.Tensor, int]:
+    """Start from the text-to-layout prior in ``folder`` (docs/layout.md): (initial latents, first step).
+
+    ``m`` is the prior's mean latent of each of this worker's global ``frames``, from the conditional text
+    states (one caption, or each frame's own with a prompt schedule) and the frame's place ``f / (F - 1)``,
+    in float32; the latents are ``m`` noised with the job's own noise ``fresh`` to the first step run,
+    ``i2v_start_index(steps, layout.strength)``, as image-to-video starts from its image (SDEdit).
+    """
+    prior = load_layout_prior(folder, bundle.device)
+    _check_layout_prior(prior, folder, text.cond, bundle.latent_channels)
+    _, height, width = latent_shape(job, bundle)
+    mean = layout_latents(prior, text.cond, frames, job.video.num_frames, height, width)
+    start = i2v_start_index(job.sampler.steps, job.layout.strength)
+    return i2v_initial_latents(mean, fresh, scheduler, start), start
+
+
+def _check_layout_prior(prior: LayoutPrior, folder: Path, cond: torch.Tensor, channels: int) -> None:
+    cfg = prior.config
+    tokens, dim = cond.shape[1:]
+    if cfg.latent_channels != channels or (cfg.text_tokens, cfg.text_dim) != (tokens, dim):
+        raise ConfigError.of(
+            "layout.prior",
+            f"{folder} is a prior for {cfg.latent_channels}-channel latents and text states of "
+            f"{cfg.text_tokens} x {cfg.text_dim}; this model has {channels}-channel latents and text states of "
+            f"{tokens} x {dim}",
+        )
+
+
+def first_step(job: JobConfig, family: ModelFamily) -> int:
+    """The step a fresh render's loop starts at: later than 0 when it starts from an image (``image.strength``,
+    docs/i2v.md) or from a layout (``layout.strength``, docs/layout.md)."""
+    if family.uses_image_prior(job):
+        return i2v_start_index(job.sampler.steps, job.image.strength)
+    if layout_folder(job) is not None:
+        return i2v_start_index(job.sampler.steps, job.layout.strength)
+    return 0
+
+
 def _step_noise(seed: int, frames: range, shape: tuple[int, int, int]):
     def draw(index: int, latents: torch.Tensor) -> torch.Tensor:
         noise = video_noise(seed, frames, *shape, stream="step", step=index)
@@ -267,6 +315,14 @@ def image_record(job: JobConfig) -> dict | None:
         return None
     fusion = resolve_fusion(job.image, job.model.path)
     return {"path": str(job.image.path), "fusion": str(fusion) if fusion else None}
+
+
+def layout_record(job: JobConfig) -> dict:
+    """What ``.meta.json`` says of the layout start: the prior's folder (None without one), ``layout.strength``
+    and the first step run from the layout (None without one)."""
+    folder = layout_folder(job)
+    start = i2v_start_index(job.sampler.steps, job.layout.strength) if folder is not None else None
+    return {"prior": str(folder) if folder is not None else None, "strength": job.layout.strength, "start_step": start}
 
 
 def write_job_record(job: JobConfig, result_meta: dict, output: Path) -> None:
@@ -305,8 +361,12 @@ def denoise(
             latents, start, prior_hook = image_prior(job, bundle, scheduler, seed, slot)
             hooks.append(prior_hook)
         else:
-            latents = initial_noise(job, seed, frames, bundle).to(bundle.device) * scheduler.init_noise_sigma
-            start = 0
+            fresh = initial_noise(job, seed, frames, bundle).to(bundle.device)
+            folder = layout_folder(job)
+            if folder is not None:
+                latents, start = layout_start(job, bundle, scheduler, text, frames, fresh, folder)
+            else:
+                latents, start = fresh * scheduler.init_noise_sigma, 0
         checkpoints = job.sampler.checkpoint_every > 0 and slot.saves_checkpoints
         fingerprint = job_fingerprint(job) if resume_from is not None or checkpoints else ""
         ckpt_dir = checkpoint_dir(job)
@@ -365,6 +425,8 @@ def decode_to(
 
 def check_inputs(job: JobConfig) -> None:
     """Read the job's input files once before any weights load, so a bad one fails in a second."""
+    if job.layout.prior not in ("auto", "off", False):
+        layout_folder(job)  # a folder given must hold a layout prior
     if job.image.path is not None:
         try:
             load_image(job.image.path, job.video.width, job.video.height, job.image.resize)
@@ -530,6 +592,7 @@ def render(
             "device": str(bundle.device),
             "host": socket.gethostname(),
             "image": image_record(job),
+            "layout": layout_record(job),
             "versions": package_versions(),
         },
         output,

@@ -1,0 +1,127 @@
+"""A text-to-layout prior: the mean clean latent of a frame given the caption and the frame's place in the clip.
+
+``m_theta(c, p) ~ E[z_0^f | c, p = f / (F - 1)]``, one latent frame ``(C, h, w)`` from the caption's text
+encoder states ``c`` (``(L, D)``, flattened) and the frame's position ``p`` in ``[0, 1]``:
+
+    e = SiLU(W_c vec(c)),   gamma(p) = [sin(pi k p), cos(pi k p)]_{k=1..K}
+    m = MLP([e, gamma(p)])  reshaped to (C, h, w)
+
+trained by regression on the VAE latents of captioned clips (``|m_theta(c, p_f) - z_0^f|^2``, the
+``layout`` stage of ``videogen train``), so it learns the conditional mean: where, frame by frame, the
+caption's objects are on average. A UNet3D has no temporal position input, so at the highest noise
+levels, where its prediction is that same mean, it cannot place an object early on one side and late on
+the other; this prior can. A render starts from it as image-to-video starts from an image
+(SDEdit, Meng et al., ICLR 2022): the latents of step ``k`` are ``add_noise(m, eps, t_k)`` and the UNet
+runs the remaining steps. With a deterministic sampler that is exactly the trajectory whose
+clean-latent prediction is ``m`` at every step before ``k``.
+
+On disk (diffusers layout, safetensors only): ``<folder>/config.json`` and
+``<folder>/diffusion_pytorch_model.safetensors``; a model folder carries it as ``<model>/layout_prior/``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from torch import nn
+
+from videogen.errors import ModelLoadError
+
+LAYOUT_DIRNAME = "layout_prior"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+
+
+def position_features(position: torch.Tensor, frequencies: int) -> torch.Tensor:
+    """``[sin(pi k p), cos(pi k p)]`` for ``k = 1 .. frequencies``: ``(N,)`` -> ``(N, 2 frequencies)``."""
+    k = torch.arange(1, frequencies + 1, device=position.device, dtype=torch.float32) * math.pi
+    angles = position.float()[:, None] * k
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+class LayoutPrior(ModelMixin, ConfigMixin):
+    """``(text (N, L, D), position (N,)) -> (N, C, h, w)``: the mean latent frame of the caption at that position."""
+
+    config_name = CONFIG_NAME
+
+    @register_to_config
+    def __init__(
+        self,
+        latent_channels: int = 4,
+        latent_height: int = 16,
+        latent_width: int = 16,
+        text_tokens: int = 24,
+        text_dim: int = 64,
+        hidden: int = 256,
+        frequencies: int = 6,
+    ):
+        super().__init__()
+        self.text = nn.Sequential(nn.Linear(text_tokens * text_dim, hidden), nn.SiLU())
+        self.body = nn.Sequential(
+            nn.Linear(hidden + 2 * frequencies, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, latent_channels * latent_height * latent_width),
+        )
+
+    def forward(self, text: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        if text.shape[1:] != (cfg.text_tokens, cfg.text_dim):
+            got = tuple(text.shape[1:])
+            raise ValueError(f"the layout prior takes text states of {cfg.text_tokens} x {cfg.text_dim}, got {got}")
+        dtype = self.text[0].weight.dtype
+        where = position_features(position, cfg.frequencies).to(dtype)
+        hidden = torch.cat([self.text(text.flatten(1).to(dtype)), where], -1)
+        return self.body(hidden).view(-1, cfg.latent_channels, cfg.latent_height, cfg.latent_width)
+
+
+def frame_positions(frames: range, num_frames: int) -> torch.Tensor:
+    """``p = f / (F - 1)`` for the global frames ``f`` (0 for a one-frame video)."""
+    return torch.tensor([f / max(num_frames - 1, 1) for f in frames], dtype=torch.float32)
+
+
+@torch.no_grad()
+def layout_latents(
+    prior: LayoutPrior, text: torch.Tensor, frames: range, num_frames: int, height: int, width: int
+) -> torch.Tensor:
+    """The layout of the global ``frames`` of a ``num_frames`` video, ``(1, C, len(frames), height, width)`` float32.
+
+    ``text`` is ``(1, L, D)`` (one caption for every frame) or ``(len(frames), L, D)`` (each frame's own).
+    A latent size other than the prior's is reached by bilinear resizing (positions are fractions of
+    the frame, so a layout keeps its meaning)."""
+    device = next(prior.parameters()).device
+    text = text.to(device)
+    if text.shape[0] == 1:
+        text = text.expand(len(frames), -1, -1)
+    out = prior(text, frame_positions(frames, num_frames).to(device)).float()  # (F, C, h, w)
+    if out.shape[-2:] != (height, width):
+        out = F.interpolate(out, size=(height, width), mode="bilinear", align_corners=False)
+    return out.permute(1, 0, 2, 3)[None].contiguous()
+
+
+def find_layout_prior(model_path: str | Path) -> Path | None:
+    """``<model>/layout_prior/`` when the model folder (or bundled model name) has one."""
+    from videogen.models.bundled import model_root
+
+    folder = model_root(str(model_path)) / LAYOUT_DIRNAME
+    return folder if (folder / CONFIG_NAME).is_file() else None
+
+
+def load_layout_prior(folder: str | Path, device: torch.device | str = "cpu") -> LayoutPrior:
+    """Load a layout prior folder (safetensors only) in float32."""
+    folder = Path(folder).expanduser()
+    if not (folder / CONFIG_NAME).is_file():
+        raise ModelLoadError(f"{folder}: not a layout prior folder (no {CONFIG_NAME})")
+    if not (folder / WEIGHTS_NAME).is_file():
+        raise ModelLoadError(f"{folder}: no {WEIGHTS_NAME} (layout priors load from safetensors only)")
+    try:
+        prior = LayoutPrior.from_pretrained(str(folder), use_safetensors=True, torch_dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ModelLoadError(f"{folder}: cannot load the layout prior: {str(error).splitlines()[0]}") from error
+    return prior.to(device).eval()
