@@ -41,6 +41,8 @@ TINY = [
     "trip.batch_size=2",
     "trip.dim=16",
     "trip.heads=2",
+    "layout.batch_size=2",
+    "layout.hidden=32",
 ]
 
 
@@ -50,7 +52,7 @@ def tiny_job(out: Path, *overrides: str):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One short run of all four stages (a pooled-caption UNet), shared by the tests that only read its output."""
+    """One short run of every stage (a pooled-caption UNet), shared by the tests that only read its output."""
     out = tmp_path_factory.mktemp("train") / "model"
     job = tiny_job(
         out,
@@ -60,6 +62,8 @@ def trained(tmp_path_factory):
         "unet.steps=30",
         "unet.lr=2e-3",
         "trip.steps=8",
+        "layout.steps=30",
+        "layout.lr=3e-3",
         "model.architecture.pooled_text=true",
     )
     return job, train_job(job, progress=False)
@@ -74,7 +78,7 @@ def _objective_loss(job, stage: str, indices: list[int]) -> float:
 
 def test_every_stage_lowers_its_loss_on_held_out_samples(trained, tmp_path):
     job, result = trained
-    assert set(result.stages) == {"vae", "image", "unet", "trip"}
+    assert set(result.stages) == {"vae", "image", "unet", "trip", "layout"}
     held_out = list(range(10**6, 10**6 + 8))
     fresh = tiny_job(tmp_path / "fresh", "stages=[vae]")
     before = _objective_loss(fresh, "vae", held_out)
@@ -86,12 +90,16 @@ def test_every_stage_lowers_its_loss_on_held_out_samples(trained, tmp_path):
         assert np.isfinite(losses).all()
     unet = result.stages["unet"].losses
     assert np.mean(unet[-10:]) < np.mean(unet[:3]), unet
+    new_prior = _objective_loss(tiny_job(Path(job.out)), "layout", held_out)
+    trained_prior = _objective_loss(after_job, "layout", held_out)
+    assert trained_prior < 0.5 * new_prior, (new_prior, trained_prior)
 
 
 def test_the_output_folder_is_a_model_the_renderer_loads(trained, tmp_path):
     job, _ = trained
     out = Path(job.out)
-    for part in ("model_index.json", "vae", "unet", "text_encoder", "tokenizer", "scheduler", "trip_fusion"):
+    parts = ("model_index.json", "vae", "unet", "text_encoder", "tokenizer", "scheduler", "trip_fusion", "layout_prior")
+    for part in parts:
         assert (out / part).exists(), part
     assert not list(out.rglob("*.bin"))
     assert (out / "train" / "loss_unet.png").stat().st_size > 1000

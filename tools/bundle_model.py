@@ -1,7 +1,7 @@
 """Copy a trained model folder (``videogen train``'s output) into the package as a bundled model.
 
 Only what the renderer reads is copied: ``model_index.json`` and the component folders (``unet``,
-``vae``, ``text_encoder``, ``tokenizer``, ``scheduler``, and ``trip_fusion`` when present); the
+``vae``, ``text_encoder``, ``tokenizer``, ``scheduler``, and ``trip_fusion`` and ``layout_prior`` when present); the
 training state in ``train/`` stays behind. Weights must be safetensors. The destination is replaced
 atomically.
 
@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from videogen.io.atomic import atomic_folder  # noqa: E402
 
-PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "trip_fusion")
+PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "trip_fusion", "layout_prior")
 
 
 def bundle(source: Path, destination: Path) -> dict[str, int]:

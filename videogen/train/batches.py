@@ -30,7 +30,7 @@ class ClipBatch:
 
 def sample_generator(seed: int, stage: str, index: int) -> torch.Generator:
     """The torch generator of one sample's randomness (timestep, noise, dropout) in one stage."""
-    salt = {"vae": 0, "unet": 1, "trip": 2, "image": 3}[stage]
+    salt = {"vae": 0, "unet": 1, "trip": 2, "image": 3, "layout": 4}[stage]
     return torch.Generator().manual_seed(frame_seed(seed, index, "step", step=salt))
 
 

@@ -14,7 +14,7 @@ from videogen.config import LoadedJob, load_layers
 from videogen.models.bundled import NAMES as BUNDLED
 from videogen.train.architecture import ArchitectureConfig, architecture_problems
 
-STAGES = ("vae", "image", "unet", "trip")
+STAGES = ("vae", "image", "unet", "trip", "layout")
 
 
 @dataclass
@@ -159,6 +159,23 @@ class TripStage(StageSection):
 
 
 @dataclass
+class LayoutStage(StageSection):
+    """The text-to-layout prior (:mod:`videogen.models.layout_prior`): the mean latent frame of a caption at
+    each position of the clip, regressed on the frozen VAE's latents, ``|m(c, f / (F - 1)) - z_0^f|^2``
+    over every frame of ``batch_size`` clips. ``hidden`` is its MLP's width, ``frequencies`` the number
+    of ``sin/cos(pi k p)`` pairs that carry the frame's position."""
+
+    steps: int = 600
+    batch_size: int = 8
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    ema_decay: float = 0.99
+    hidden: int = 256
+    frequencies: int = 6
+
+
+@dataclass
 class RaySection:
     """``workers`` > 1 trains data-parallel (DDP) on Ray Train workers; 1 trains in this process."""
 
@@ -186,6 +203,7 @@ class TrainJob:
     image: ImageStage = field(default_factory=ImageStage)
     unet: UnetStage = field(default_factory=UnetStage)
     trip: TripStage = field(default_factory=TripStage)
+    layout: LayoutStage = field(default_factory=LayoutStage)
     ray: RaySection = field(default_factory=RaySection)
 
 
@@ -253,6 +271,9 @@ def train_problems(job: TrainJob) -> list[tuple[str, str]]:
         out.append(("unet.warp_upsample", f"must be >= 1, got {u.warp_upsample}"))
     if len(u.degradation) != 2 or not 0.0 <= u.degradation[0] <= u.degradation[1] <= 1.0:
         out.append(("unet.degradation", f"a range [low, high] inside [0, 1], got {list(u.degradation)}"))
+    for key in ("hidden", "frequencies"):
+        if getattr(job.layout, key) < 1:
+            out.append((f"layout.{key}", f"must be >= 1, got {getattr(job.layout, key)}"))
     if job.ray.workers < 1:
         out.append(("ray.workers", f"must be >= 1, got {job.ray.workers}"))
     if job.threads < 0 or job.log_every < 0:

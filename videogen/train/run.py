@@ -3,7 +3,7 @@
 The output folder is a model the renderer loads as it is (``model.path: OUT``): ``model_index.json``,
 ``tokenizer/`` and ``scheduler/`` are written first, then each stage replaces its components
 (``vae/``; ``unet/`` + ``text_encoder/`` from the ``image`` and ``unet`` stages;
-``trip_fusion/``) with its EMA weights at every checkpoint,
+``trip_fusion/``; ``layout_prior/``) with its EMA weights at every checkpoint,
 each folder atomically, in safetensors only. ``OUT/train/`` holds each stage's resumable state
 (``<stage>.pt``, read with ``weights_only=True``) and its loss curve (``loss_<stage>.png``).
 """
@@ -25,6 +25,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from videogen.config import ModelConfig
 from videogen.errors import ConfigError
 from videogen.io.atomic import atomic_folder, write_text_atomic
+from videogen.models.layout_prior import LAYOUT_DIRNAME, LayoutPrior, find_layout_prior, load_layout_prior
 from videogen.models.loader import component_dir, resolve_device
 from videogen.models.tiny import MODEL_INDEX, tiny_scheduler
 from videogen.models.trip_fusion import FUSION_DIRNAME, TemporalNoiseFusion, find_fusion_module, load_fusion
@@ -32,7 +33,7 @@ from videogen.train.architecture import new_text_encoder, new_unet, new_vae, wor
 from videogen.train.batches import ShapesSource
 from videogen.train.config import TrainJob
 from videogen.train.loop import SingleWorker, StageResult, StageRun, Workers, run_stage
-from videogen.train.stages import TripObjective, UnetObjective, VaeObjective, latent_scale
+from videogen.train.stages import LayoutObjective, TripObjective, UnetObjective, VaeObjective, latent_scale
 
 SAVE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
@@ -216,6 +217,35 @@ class JobRunner:
 
         return StageRun("trip", {"fusion": fusion}, objective, save)
 
+    def layout_stage(self) -> StageRun:
+        """The text-to-layout prior on the frozen VAE and text encoder; a fine-tune continues ``model.init``'s
+        own prior when it has one."""
+        section = self.job.layout
+        tokenizer = self.tokenizer()
+        text_encoder = self.frozen(CLIPTextModel, "text_encoder", "layout")
+        vae = self.frozen(AutoencoderKL, "vae", "layout")
+        existing = find_layout_prior(self.job.model.init) if self.job.model.init else None
+        if existing is not None:
+            prior = load_layout_prior(existing, self.device).requires_grad_(True)
+        else:
+            factor = 2 ** (len(vae.config.block_out_channels) - 1)
+            torch.manual_seed(self.job.seed)
+            prior = LayoutPrior(
+                latent_channels=vae.config.latent_channels,
+                latent_height=self.job.data.height // factor,
+                latent_width=self.job.data.width // factor,
+                text_tokens=tokenizer.model_max_length,
+                text_dim=text_encoder.config.hidden_size,
+                hidden=section.hidden,
+                frequencies=section.frequencies,
+            ).to(self.device)
+        objective = LayoutObjective(prior, text_encoder, tokenizer, vae, self.source, self.job)
+
+        def save(ema: dict[str, torch.nn.Module]) -> None:
+            save_component(ema["prior"], self.out / LAYOUT_DIRNAME, self.dtype)
+
+        return StageRun("layout", {"prior": prior}, objective, save)
+
     def run(self) -> TrainResult:
         started = time.perf_counter()
         self.prepare_folder()
@@ -226,6 +256,7 @@ class JobRunner:
             "image": self.image_stage,
             "unet": self.unet_stage,
             "trip": self.trip_stage,
+            "layout": self.layout_stage,
         }
         for name in self.job.stages:
             section = getattr(self.job, name)

@@ -11,6 +11,10 @@
   (Burgert et al., CVPR 2025, Sec. 3.3 "noise degradation"; ``Q <- ((1-g)Q + g Z)/sqrt((1-g)^2+g^2)``);
   captions are dropped to ``""`` at ``caption_dropout`` for classifier-free guidance.
 * ``trip``: TRIP's Temporal Noise Fusion module on the frozen UNet (:func:`videogen.train.trip.trip_loss`).
+* ``layout``: the text-to-layout prior (:mod:`videogen.models.layout_prior`) on the frozen VAE's latents,
+  ``L = |m(c, p_f) - z_0^f|^2`` with ``p_f = f / (F - 1)`` and ``z_0`` the posterior mean, every frame of
+  every clip; captions are dropped to ``""`` at ``caption_dropout`` (the empty caption's layout is the
+  mean of all clips).
 
 Each objective is an ``nn.Module`` whose ``forward(indices)`` returns the batch's mean loss, so a
 data-parallel wrapper can wrap it whole.
@@ -24,6 +28,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet3DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from videogen.models.layout_prior import LayoutPrior, frame_positions
 from videogen.models.text_condition import unet_text_kwargs
 from videogen.models.trip_fusion import TemporalNoiseFusion
 from videogen.noise.flow import resize_flow
@@ -209,3 +214,26 @@ class TripObjective(torch.nn.Module):
         with torch.no_grad():
             text = self.text_encoder(tokenize(self.tokenizer, batch.captions).to(device))[0]
         return trip_loss(self.unet, self.fusion, self.scheduler, latents, text, timesteps.to(device), noise)
+
+
+class LayoutObjective(torch.nn.Module):
+    def __init__(self, prior: LayoutPrior, text_encoder, tokenizer, vae, source, job: TrainJob) -> None:
+        super().__init__()
+        self.prior = prior
+        self.text_encoder = text_encoder.requires_grad_(False).eval()
+        self.vae = vae.requires_grad_(False).eval()
+        self.tokenizer, self.source, self.job = tokenizer, source, job
+
+    def forward(self, indices: list[int]) -> torch.Tensor:
+        device = next(self.prior.parameters()).device
+        batch = self.source.clip_batch(indices, flows=False)
+        b, f = batch.frames.shape[:2]
+        dropout = self.job.data.caption_dropout
+        draws = [float(torch.rand(1, generator=sample_generator(self.job.seed, "layout", i))) for i in indices]
+        keep = [draw >= dropout for draw in draws]
+        captions = [caption if k else "" for caption, k in zip(batch.captions, keep, strict=True)]
+        with torch.no_grad():
+            target = self.vae.encode(to_pixels(batch.frames, device)).latent_dist.mean * self.vae.config.scaling_factor
+            text = self.text_encoder(tokenize(self.tokenizer, captions).to(device))[0]
+        positions = frame_positions(range(f), f).repeat(b).to(device)
+        return F.mse_loss(self.prior(text.repeat_interleave(f, dim=0), positions), target)
