@@ -44,7 +44,7 @@ from videogen.job_keys import Problem, first_line, mapping_items, nested, overri
 
 DEFAULT_NAME = "{index:03d}_{prompt_slug}_s{seed}.mp4"
 NAME_FIELDS = ("index", "variant", "seed", "prompt_slug")
-JOB_SECTIONS = ("model", "prompts", "video", "sampler", "noise", "image", "svd", "parallel", "ray", "output")
+JOB_SECTIONS = ("model", "prompts", "video", "sampler", "noise", "image", "layout", "svd", "parallel", "ray", "output")
 SUMMARY_FILE = "batch.json"
 
 

@@ -234,7 +234,8 @@ def i2v_initial_latents(
     """The image latent noised to the first step run: ``add_noise(z0, fresh_noise, timesteps[start_index])``.
 
     ``fresh_noise`` ``(1, C, F, h, w)`` is unit-variance noise for these frames from the job's noise
-    source (per-frame Gaussian or warped); ``z0`` ``(1, C, 1, h, w)`` is broadcast over the frames.
+    source (per-frame Gaussian or warped); ``z0`` ``(1, C, 1, h, w)`` is broadcast over the frames, or is
+    ``(1, C, F, h, w)``, one clean latent per frame (a layout start, :mod:`videogen.models.layout_prior`).
     With this start the prior of every frame at the first step is exactly its ``fresh_noise``, so
     warped noise stays the fresh part of the prior. ``scheduler.set_timesteps`` must have been called.
     """
