@@ -21,9 +21,17 @@ from videogen.cli import main
 from videogen.config import layout_folder, load_job
 from videogen.errors import ConfigError
 from videogen.models.family import family_named
-from videogen.models.layout_prior import LAYOUT_DIRNAME, LayoutPrior, layout_latents, load_layout_prior
+from videogen.models.layout_prior import (
+    LAYOUT_DIRNAME,
+    LayoutPrior,
+    layout_latents,
+    layout_velocity,
+    load_layout_prior,
+)
 from videogen.models.loader import load_bundle
-from videogen.pipeline import WorkerSlot, denoise, initial_noise, render
+from videogen.noise.warp_spec import CameraMoveSpec, CameraSpec, WarpedNoiseSpec
+from videogen.noise.warped_latents import warped_latent_noise
+from videogen.pipeline import WorkerSlot, denoise, initial_noise, layout_noise, render
 from videogen.sampling import Denoiser, make_scheduler, run_steps
 
 SIZE, FRAMES, STEPS = 32, 9, 4  # the tiny VAE downsamples by 4: an 8 x 8 latent grid
@@ -71,7 +79,13 @@ def test_a_render_starts_from_the_layout_at_the_strength_step_and_records_it(lay
     assert layout_folder(job) == layout_model / LAYOUT_DIRNAME
     result = render(job, progress=False)
     meta = json.loads(Path(f"{result.output}.meta.json").read_text())
-    assert meta["layout"] == {"prior": str(layout_model / LAYOUT_DIRNAME), "strength": 0.5, "start_step": 2}
+    assert meta["layout"] == {
+        "prior": str(layout_model / LAYOUT_DIRNAME),
+        "strength": 0.5,
+        "start_step": 2,
+        "noise": "warped",
+        "degradation": 0.0,
+    }
     assert result.model_evaluations == STEPS - 2
     assert [len(w.calls) for w in plan_render(job).workers] == [STEPS - 2]
 
@@ -174,7 +188,7 @@ def test_the_layout_start_is_the_full_ddim_loop_whose_early_outputs_imply_the_la
     """docs/layout.md: with DDIM (eta 0), starting at step k from ``add_noise(m, eps, t_k)`` is the loop from step 0
     starting at ``sqrt(abar_T) m + sqrt(1 - abar_T) eps`` whose model output before step k is the one implied by
     ``x0 = m``: every such step lands on ``m`` noised with the same ``eps`` to the next timestep."""
-    _, job = _job(tmp_path, layout_model, [f"model.prediction_type={prediction}"])
+    _, job = _job(tmp_path, layout_model, [f"model.prediction_type={prediction}", "layout.noise=gaussian"])
     bundle = load_bundle(job.model)
     rendered = _latents(job)
 
@@ -199,3 +213,43 @@ def test_the_layout_start_is_the_full_ddim_loop_whose_early_outputs_imply_the_la
     torch.testing.assert_close(rendered, reference, atol=1e-4, rtol=0)
     _, off = _job(tmp_path, layout_model, [f"model.prediction_type={prediction}", "layout.prior=off"])
     assert (rendered - _latents(off)).abs().max() > 0.1
+
+
+def test_the_layout_velocity_is_the_slope_of_its_objects_centre():
+    """A blob on a flat background moving (0.5, -0.25) latent px per frame, in a layout that also has a
+    background of its own colour per channel: the velocity recovers the motion."""
+    frames, size = 12, 16
+    ys, xs = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+    )
+    layout = torch.empty(1, 4, frames, size, size)
+    for f in range(frames):
+        cx, cy = 4.0 + 0.5 * f, 10.0 - 0.25 * f
+        blob = torch.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / 4.0)
+        for c in range(4):
+            layout[0, c, f] = 0.3 * c - 0.5 + (1.0 - 0.4 * c) * blob
+    vx, vy = layout_velocity(layout)
+    assert vx == pytest.approx(0.5, abs=0.02) and vy == pytest.approx(-0.25, abs=0.02)
+    assert layout_velocity(layout[:, :, :1]) == (0.0, 0.0)
+    still = layout[:, :, :1].expand(-1, -1, frames, -1, -1)
+    assert max(abs(v) for v in layout_velocity(still)) < 1e-4
+
+
+def test_the_warped_start_noise_moves_with_the_layout(layout_model, tmp_path):
+    """``layout.noise: warped`` starts from the camera move that slides the scene by the layout's velocity:
+    exactly the warped noise of that move, which is not the job's Gaussian noise."""
+    _, job = _job(tmp_path, layout_model)
+    bundle = load_bundle(job.model)
+    frames = range(FRAMES)
+    text = bundle.family.condition(bundle, job, job.noise.seed, frames, lambda t: t)
+    prior = load_layout_prior(layout_model / LAYOUT_DIRNAME)
+    vx, vy = layout_velocity(layout_latents(prior, text.cond, frames, FRAMES, SIZE // 4, SIZE // 4))
+    assert abs(vx) + abs(vy) > 1e-3
+    move = CameraMoveSpec(pan=-vx / (SIZE // 4), tilt=vy / (SIZE // 4))
+    spec = WarpedNoiseSpec(source="camera", degradation=0.0, camera=CameraSpec([move]))
+    expected = warped_latent_noise(spec, job.noise.seed, FRAMES, 4, SIZE // 4, SIZE // 4, frames)
+    noise = layout_noise(job, bundle, prior, text, job.noise.seed, frames)
+    torch.testing.assert_close(noise, expected, atol=0, rtol=0)
+    assert (noise - initial_noise(job, job.noise.seed, frames, bundle)).abs().max() > 0.5
+    _, gaussian = _job(tmp_path, layout_model, ["layout.noise=gaussian"])
+    assert (_latents(job) - _latents(gaussian)).abs().max() > 0.1

@@ -271,11 +271,17 @@ class LayoutSection:
     image (``image.path``) and its noise is ``gaussian`` (warped noise and images bring their own motion and
     content); ``off`` (YAML reads a bare ``off`` as false, which means the same) never does; anything else is
     a layout prior folder, used even with warped noise. ``strength``: the share of the sampling steps run
-    from the layout start, in (0, 1].
+    from the layout start, in (0, 1]. ``noise``: with the job's Gaussian noise, ``warped`` (the default)
+    starts from Go-with-the-Flow warped noise that moves with the layout's mean motion (a camera move of
+    the opposite velocity), degraded by ``degradation`` in [0, 1], so that a UNet trained on warped noise
+    carries the objects along it; ``gaussian`` keeps the job's own noise. A job whose noise is warped keeps
+    its own either way.
     """
 
     prior: str | bool = "auto"
     strength: float = 0.5
+    noise: Literal["warped", "gaussian"] = "warped"
+    degradation: float = 0.0
 
 
 @dataclass
@@ -570,6 +576,8 @@ def _layout_problems(job: JobConfig) -> list[tuple[str, str]]:
         )
     if not 0 < strength <= 1:
         out.append(("layout.strength", f"{strength}: the share of the steps run from the layout is within (0, 1]"))
+    if not 0.0 <= job.layout.degradation <= 1.0:
+        out.append(("layout.degradation", f"{job.layout.degradation}: a degradation is within [0, 1]"))
     return out
 
 

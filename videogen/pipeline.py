@@ -38,7 +38,7 @@ from videogen.io.writer import foreign_entry, open_sink
 from videogen.models.attention import check_backend, set_attention_backend
 from videogen.models.family import ModelFamily
 from videogen.models.frame_context import FrameContext, install_frame_context
-from videogen.models.layout_prior import LayoutPrior, layout_latents, load_layout_prior
+from videogen.models.layout_prior import LayoutPrior, layout_latents, layout_velocity, load_layout_prior
 from videogen.models.loader import (
     DTYPES,
     ModelBundle,
@@ -59,8 +59,9 @@ from videogen.noise.image_prior import (
     i2v_start_index,
     prediction_form,
 )
+from videogen.noise.warp_spec import CameraMoveSpec, CameraSpec, WarpedNoiseSpec
 from videogen.noise.warped_latents import warped_latent_noise
-from videogen.prompts import TextContext
+from videogen.prompts import TextContext, build_text_context
 from videogen.sampling import Denoiser, ProgressHook, StepHook, make_scheduler, restore_scheduler_state, run_steps
 
 Installer = Callable[[torch.nn.Module, Denoiser], Callable[[], None]]
@@ -250,22 +251,50 @@ def layout_start(
     scheduler,
     text: TextContext,
     frames: range,
-    fresh: torch.Tensor,
+    seed: int,
     folder: Path,
 ) -> tuple[torch.Tensor, int]:
     """Start from the text-to-layout prior in ``folder`` (docs/layout.md): (initial latents, first step).
 
     ``m`` is the prior's mean latent of each of this worker's global ``frames``, from the conditional text
     states (one caption, or each frame's own with a prompt schedule) and the frame's place ``f / (F - 1)``,
-    in float32; the latents are ``m`` noised with the job's own noise ``fresh`` to the first step run,
-    ``i2v_start_index(steps, layout.strength)``, as image-to-video starts from its image (SDEdit).
+    in float32; the latents are ``m`` noised to the first step run, ``i2v_start_index(steps,
+    layout.strength)``, as image-to-video starts from its image (SDEdit). The noise is the job's own, or,
+    with Gaussian job noise and ``layout.noise: warped``, warped noise moving with the whole layout's mean
+    motion (:func:`layout_noise`).
     """
     prior = load_layout_prior(folder, bundle.device)
     _check_layout_prior(prior, folder, text.cond, bundle.latent_channels)
     _, height, width = latent_shape(job, bundle)
     mean = layout_latents(prior, text.cond, frames, job.video.num_frames, height, width)
+    if job.noise.kind == "gaussian" and job.layout.noise == "warped":
+        fresh = layout_noise(job, bundle, prior, text, seed, frames)
+    else:
+        fresh = initial_noise(job, seed, frames, bundle)
     start = i2v_start_index(job.sampler.steps, job.layout.strength)
-    return i2v_initial_latents(mean, fresh, scheduler, start), start
+    return i2v_initial_latents(mean, fresh.to(bundle.device), scheduler, start), start
+
+
+def layout_noise(
+    job: JobConfig, bundle: ModelBundle, prior: LayoutPrior, text: TextContext, seed: int, frames: range
+) -> torch.Tensor:
+    """Go-with-the-Flow warped noise for ``frames`` that moves with the layout's mean motion.
+
+    The whole video's layout gives the velocity ``v`` (:func:`videogen.models.layout_prior.layout_velocity`,
+    latent pixels per frame; every worker computes the same, from every frame's text); the noise is the
+    camera move that slides the scene by ``v`` each frame (``pan = -v_x / w``, ``tilt = v_y / h``), warped
+    at ``layout.degradation`` (docs/warped_noise.md), so a UNet trained with warped noise follows it.
+    """
+    channels, height, width = latent_shape(job, bundle)
+    frames_all = range(job.video.num_frames)
+    cond = text.cond
+    if cond.shape[0] > 1 and len(frames) != job.video.num_frames:
+        cond = build_text_context(bundle.tokenizer, bundle.text_encoder, job.prompts, len(frames_all), frames_all).cond
+    whole = layout_latents(prior, cond, frames_all, job.video.num_frames, height, width)
+    vx, vy = layout_velocity(whole)
+    move = CameraMoveSpec(pan=-vx / width, tilt=vy / height)
+    spec = WarpedNoiseSpec(source="camera", degradation=job.layout.degradation, camera=CameraSpec([move]))
+    return warped_latent_noise(spec, seed, job.video.num_frames, channels, height, width, frames)
 
 
 def _check_layout_prior(prior: LayoutPrior, folder: Path, cond: torch.Tensor, channels: int) -> None:
@@ -321,8 +350,16 @@ def layout_record(job: JobConfig) -> dict:
     """What ``.meta.json`` says of the layout start: the prior's folder (None without one), ``layout.strength``
     and the first step run from the layout (None without one)."""
     folder = layout_folder(job)
-    start = i2v_start_index(job.sampler.steps, job.layout.strength) if folder is not None else None
-    return {"prior": str(folder) if folder is not None else None, "strength": job.layout.strength, "start_step": start}
+    used = folder is not None
+    start = i2v_start_index(job.sampler.steps, job.layout.strength) if used else None
+    warped = used and job.noise.kind == "gaussian" and job.layout.noise == "warped"
+    return {
+        "prior": str(folder) if used else None,
+        "strength": job.layout.strength,
+        "start_step": start,
+        "noise": ("warped" if warped else job.noise.kind) if used else None,
+        "degradation": job.layout.degradation if warped else None,
+    }
 
 
 def write_job_record(job: JobConfig, result_meta: dict, output: Path) -> None:
@@ -361,12 +398,12 @@ def denoise(
             latents, start, prior_hook = image_prior(job, bundle, scheduler, seed, slot)
             hooks.append(prior_hook)
         else:
-            fresh = initial_noise(job, seed, frames, bundle).to(bundle.device)
             folder = layout_folder(job)
             if folder is not None:
-                latents, start = layout_start(job, bundle, scheduler, text, frames, fresh, folder)
+                latents, start = layout_start(job, bundle, scheduler, text, frames, seed, folder)
             else:
-                latents, start = fresh * scheduler.init_noise_sigma, 0
+                latents = initial_noise(job, seed, frames, bundle).to(bundle.device) * scheduler.init_noise_sigma
+                start = 0
         checkpoints = job.sampler.checkpoint_every > 0 and slot.saves_checkpoints
         fingerprint = job_fingerprint(job) if resume_from is not None or checkpoints else ""
         ckpt_dir = checkpoint_dir(job)

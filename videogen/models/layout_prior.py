@@ -105,6 +105,27 @@ def layout_latents(
     return out.permute(1, 0, 2, 3)[None].contiguous()
 
 
+def layout_velocity(layout: torch.Tensor) -> tuple[float, float]:
+    """The layout's mean motion ``(v_x, v_y)`` in latent pixels per frame (x right, y down), from ``(1, C, F, h, w)``.
+
+    Each frame's objects are where it departs from its background: the weight of a latent pixel is
+    ``w = sum_c (m_c - median_c)^2``, the median over the frame's pixels standing for the background.
+    The velocity is the least-squares slope of the weighted centroid over the frames (0 for one frame).
+    """
+    m = layout[0].float()  # (C, F, h, w)
+    frames, h, w = m.shape[1:]
+    if frames < 2:
+        return 0.0, 0.0
+    background = m.flatten(2).median(dim=2).values[:, :, None, None]
+    weight = (m - background).pow(2).sum(0).clamp_min(1e-12)  # (F, h, w)
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    mass = weight.sum((1, 2))
+    centre_x, centre_y = (weight * xs).sum((1, 2)) / mass, (weight * ys).sum((1, 2)) / mass
+    t = torch.arange(frames, dtype=torch.float32)
+    t = t - t.mean()
+    return float((t * centre_x).sum() / (t * t).sum()), float((t * centre_y).sum() / (t * t).sum())
+
+
 def find_layout_prior(model_path: str | Path) -> Path | None:
     """``<model>/layout_prior/`` when the model folder (or bundled model name) has one."""
     from videogen.models.bundled import model_root
