@@ -41,7 +41,8 @@ TINY = [
     "trip.batch_size=2",
     "trip.dim=16",
     "trip.heads=2",
-    "layout.batch_size=2",
+    "layout.batch_size=16",
+    "layout.clips=6",
     "layout.hidden=32",
 ]
 
@@ -72,6 +73,8 @@ def trained(tmp_path_factory):
 def _objective_loss(job, stage: str, indices: list[int]) -> float:
     runner = JobRunner(job, SingleWorker(), resume=True, progress=False, log=lambda _: None)
     run = getattr(runner, f"{stage}_stage")()
+    if stage == "layout":
+        run.objective.first_clip = 10**6  # a pool of clips the stage never saw
     with torch.no_grad():
         return float(run.objective(indices))
 
@@ -124,8 +127,13 @@ def test_the_output_folder_is_a_model_the_renderer_loads(trained, tmp_path):
     assert result.output.is_file() and result.frames == 4
 
 
-def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
-    overrides = ("stages=[vae,unet]", "vae.steps=3", "unet.steps=6", "unet.checkpoint_every=3", "unet.lr=1e-3")
+@pytest.mark.parametrize(
+    ("stages", "objective"), [("vae,unet", "UnetObjective"), ("vae,image,layout", "LayoutObjective")]
+)
+def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, stages, objective):
+    stage = stages.split(",")[-1]
+    overrides = (f"stages=[{stages}]", "vae.steps=3", "image.steps=1", f"{stage}.steps=6")
+    overrides += (f"{stage}.checkpoint_every=3",)
     whole = tiny_job(tmp_path / "whole", *overrides)
     train_job(whole, progress=False)
 
@@ -133,12 +141,12 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
         pass
 
     class StopAfter(SingleWorker):
-        """Runs normally until the unet objective's fifth call, then fails like a killed run."""
+        """Runs normally until the stage objective's fifth call, then fails like a killed run."""
 
         calls = 0
 
         def wrap(self, module):
-            if type(module).__name__ != "UnetObjective":
+            if type(module).__name__ != objective:
                 return module
 
             def call(indices):
@@ -155,9 +163,9 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
     with pytest.raises(ConfigError, match="--resume"):
         train_job(cut, progress=False)
     resumed = train_job(cut, progress=False, resume=True)
-    assert resumed.stages["unet"].start_step == 3
-    a = torch.load(tmp_path / "whole" / "train" / "unet.pt", weights_only=True)
-    b = torch.load(tmp_path / "cut" / "train" / "unet.pt", weights_only=True)
+    assert resumed.stages[stage].start_step == 3
+    a = torch.load(tmp_path / "whole" / "train" / f"{stage}.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "train" / f"{stage}.pt", weights_only=True)
     assert a["losses"] == b["losses"]
     for name in a["model"]:
         for key, value in a["model"][name].items():

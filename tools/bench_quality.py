@@ -28,7 +28,7 @@ Every figure comes from renders of one model (``--model``, default the bundled `
 Every render runs on one CPU thread per process (multi-worker renders: ``parallel.launcher: local``).
 
     python tools/bench_quality.py [--quick] [--json bench_quality.json] [--model shapes] [--renders N]
-        [--rows adherence,long,motion,i2v] [--long-renders 3] [--degradation 0.5] [--guidance 6]
+        [--rows adherence,long,motion,i2v] [--long-renders 3] [--degradation 0.5] [--guidance 6] [--layout auto]
 """
 
 from __future__ import annotations
@@ -97,7 +97,9 @@ class Settings:
     """How much to render: ``renders`` per row, ``frames`` and ``steps`` per render, the long video
     (``long_frames`` on ``long_workers`` clip workers, ``long_renders`` of them), and warped noise's
     ``degradation`` in the motion rows; the prompt schedule's ``blend`` frames; the settings sweeps'
-    ``sweep_renders`` per setting, and their long videos (``sweep_long_frames`` frames, ``sweep_long_renders``)."""
+    ``sweep_renders`` per setting, and their long videos (``sweep_long_frames`` frames, ``sweep_long_renders``);
+    ``layout``: every render's ``layout.prior`` (``auto``: text-to-video renders start from the model's
+    text-to-layout prior as a user's do, docs/layout.md; ``off``: the UNet alone)."""
 
     quick: bool
     renders: int
@@ -112,6 +114,7 @@ class Settings:
     sweep_renders: int = 8
     sweep_long_frames: int = 64
     sweep_long_renders: int = 2
+    layout: str = "auto"
 
 
 @dataclass
@@ -138,6 +141,7 @@ def render_suites(
             "sampler.guidance_scale": settings.guidance,
             "parallel.launcher": "local",
             "parallel.threads_per_worker": 1,
+            "layout.prior": settings.layout,
             **(base or {}),
         },
         seeds=seeds,
@@ -585,7 +589,9 @@ def image_to_video(model: str, settings: Settings) -> tuple[Section, dict]:
 
 def settings_for(args) -> Settings:
     if args.quick:
-        return Settings(True, args.renders or 2, 12, 10, args.guidance, 32, 2, 1, args.degradation, 4, 2, 32, 1)
+        return Settings(
+            True, args.renders or 2, 12, 10, args.guidance, 32, 2, 1, args.degradation, 4, 2, 32, 1, args.layout
+        )
     return Settings(
         False,
         args.renders or 20,
@@ -600,6 +606,7 @@ def settings_for(args) -> Settings:
         args.sweep_renders,
         64,
         args.sweep_long_renders,
+        args.layout,
     )
 
 
@@ -640,6 +647,12 @@ def main() -> None:
     parser.add_argument("--long-renders", type=int, default=3, help="renders of the 128-frame dual-scope row")
     parser.add_argument(
         "--degradation", type=float, default=0.5, help="warped noise's degradation in the motion rows (default 0.5)"
+    )
+    parser.add_argument(
+        "--layout",
+        choices=("auto", "off"),
+        default="auto",
+        help="the renders' layout.prior: auto (as users render) or off (the UNet alone; docs/layout.md)",
     )
     parser.add_argument("--sweep-renders", type=int, default=8, help="renders per setting in the sweeps (default 8)")
     parser.add_argument(

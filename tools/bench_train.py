@@ -6,9 +6,11 @@
 2. Prompt adherence of the bundled ``shapes`` model, measured with the synthetic world's own tools
    (``videogen.data.measure.score_video``: palette segmentation, shape templates, centroid tracks),
    never by eye: ``N`` renders of single-object captions that cycle through the palette, the shapes
-   and the eight directions (``videogen.eval``, seed 1000). Figures: the share of videos whose main object
-   has the prompted colour and shape (``colour_shape``), and whose motion is the prompted direction
-   within 22.5 degrees (``direction``).
+   and the eight directions (``videogen.eval``, seed 1000), as a user renders them (from the model's
+   text-to-layout prior, ``layout.prior: auto``, docs/layout.md) and with the UNet alone
+   (``layout.prior: off``). Figures, from the first: the share of videos whose main object has the
+   prompted colour and shape (``colour_shape``), and whose motion is the prompted direction within
+   22.5 degrees (``direction``).
 3. Caption sensitivity (:mod:`videogen.train.probe`): the model's denoising loss with each clip's true
    caption against the caption with its colour changed (the control: a model that draws the
    prompted colour must predict worse with another) and with its direction reversed. A gap of about
@@ -51,7 +53,7 @@ TRAIN_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train_shapes.y
 def throughput(steps: int) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for stage in ("vae", "image", "unet", "trip"):
+        for stage in ("vae", "image", "unet", "trip", "layout"):
             job = load_train_job(
                 TRAIN_CONFIG,
                 [f"out={tmp}/model", f"stages=[{stage}]", f"{stage}.steps={steps}", f"{stage}.checkpoint_every=0"],
@@ -59,6 +61,8 @@ def throughput(steps: int) -> list[dict]:
             result = train_job(job, progress=False, log=lambda _: None).stages[stage]
             section = getattr(job, stage)
             unit = "frames" if stage in ("vae", "image") else f"clips of {job.data.frames}"
+            if stage == "layout":
+                unit += " (every frame a sample)"
             rows.append(
                 {
                     "stage": stage,
@@ -72,9 +76,9 @@ def throughput(steps: int) -> list[dict]:
     return rows
 
 
-def adherence(model: str, count: int, steps: int, frames: int, guidance: float) -> list[dict]:
+def adherence(model: str, count: int, steps: int, frames: int, guidance: float, layout: str = "auto") -> list[dict]:
     """``count`` single-object renders (``videogen.eval.single_object_prompts``), one seed, scored by
-    ``videogen eval``'s runner; nothing is written."""
+    ``videogen eval``'s runner; nothing is written. ``layout`` is the renders' ``layout.prior``."""
     job = EvalJob(
         model=ModelConfig(path=model),
         base={
@@ -83,6 +87,7 @@ def adherence(model: str, count: int, steps: int, frames: int, guidance: float) 
             "video.num_frames": frames,
             "sampler.steps": steps,
             "sampler.guidance_scale": guidance,
+            "layout.prior": layout,
         },
         seeds=[1000],
         suites=[SuiteSection(name="adherence", prompts=single_object_prompts(count))],
@@ -179,10 +184,15 @@ def main() -> None:
     count, steps, frames = (6, 12, 16) if args.quick else (20, 25, 16)
     render_rows = adherence(args.model, count, steps, frames, args.guidance)
     print_table(f"{args.model}: {count} renders, {frames} frames 64x64, {steps} DDIM steps", render_rows)
+    unet_rows = adherence(args.model, count, steps, frames, args.guidance, layout="off")
+    print_table(f"{args.model}, the UNet alone (layout.prior: off): the same renders", unet_rows)
     colour_shape = sum(r["colour"] and r["shape"] for r in render_rows) / count
     direction = sum(r["direction"] for r in render_rows) / count
     near = sum(r["near"] for r in render_rows) / count
+    unet_direction = sum(r["direction"] for r in unet_rows) / count
+    unet_colour_shape = sum(r["colour"] and r["shape"] for r in unet_rows) / count
     print(f"\ncolour and shape as prompted: {colour_shape:.0%}; direction: {direction:.0%} (within 45 deg: {near:.0%})")
+    print(f"the UNet alone: colour and shape {unet_colour_shape:.0%}; direction {unet_direction:.0%}")
     sensitivity = caption_rows(args.model, clips=4 if args.quick else 12)
     print_table(f"{args.model}: denoising loss with the true caption vs an altered one", sensitivity)
     oracle = oracle_rows(clips=4 if args.quick else 12, draws=100 if args.quick else 150)
@@ -201,6 +211,7 @@ def main() -> None:
         "stages": stage_rows,
         "renders": render_rows,
         "direction_within_45": near,
+        "unet_alone": {"renders": unet_rows, "colour_shape_rate": unet_colour_shape, "direction_rate": unet_direction},
         "caption_sensitivity": sensitivity,
         "caption_oracle": oracle,
         "splice": splice,

@@ -34,7 +34,8 @@ sections and keys (see configs/ and README.md for every default):
   image     path (first frame: image-to-video), resize, strength, schedule, weight_first, weight_floor,
             decay_frames, active_fraction, pin_first_frame, fusion (see docs/i2v.md)
   layout    prior (auto = the model folder's layout_prior/ for text-to-video with gaussian noise|off|a folder),
-            strength (share of the steps run from the layout start; see docs/layout.md)
+            strength (share of the steps run from the layout start), noise (warped = Gaussian job noise is
+            replaced by warped noise moving with the layout|gaussian), degradation (of that warp); docs/layout.md
   parallel  clip (workers along the frame axis), clip_mode (exact|dual_scope), groupnorm (exact|local),
             dual_scope.{local_radius,global_frames,switch_timestep,scope_bias}, launcher (ray|local),
             threads_per_worker, patch, cfg (1|2), step, step_warmup, step_reuse (shared|own),

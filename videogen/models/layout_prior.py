@@ -108,22 +108,30 @@ def layout_latents(
 def layout_velocity(layout: torch.Tensor) -> tuple[float, float]:
     """The layout's mean motion ``(v_x, v_y)`` in latent pixels per frame (x right, y down), from ``(1, C, F, h, w)``.
 
-    Each frame's objects are where it departs from its background: the weight of a latent pixel is
-    ``w = sum_c (m_c - median_c)^2``, the median over the frame's pixels standing for the background.
-    The velocity is the least-squares slope of the weighted centroid over the frames (0 for one frame).
+    The one translation that best explains the change from frame to frame: the least-squares solution of
+    the brightness-constancy equation ``m_t + v . grad m = 0`` over every channel, pixel and pair of
+    consecutive frames (a global Lucas & Kanade, IJCAI 1981):
+
+        [sum m_x^2    sum m_x m_y] [v_x]     [sum m_x m_t]
+        [sum m_x m_y  sum m_y^2  ] [v_y] = - [sum m_y m_t]
+
+    with central spatial differences (zero at the border) averaged over the two frames and ``m_t`` their
+    difference. A conditional mean of objects that move at ``v`` is a blurred pattern that translates by
+    ``v`` every frame over a still background, so this recovers ``v``. (0, 0) for one frame or a flat layout.
     """
-    m = layout[0].float()  # (C, F, h, w)
-    frames, h, w = m.shape[1:]
-    if frames < 2:
+    m = layout[0].double()  # (C, F, h, w)
+    if m.shape[1] < 2:
         return 0.0, 0.0
-    background = m.flatten(2).median(dim=2).values[:, :, None, None]
-    weight = (m - background).pow(2).sum(0).clamp_min(1e-12)  # (F, h, w)
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    mass = weight.sum((1, 2))
-    centre_x, centre_y = (weight * xs).sum((1, 2)) / mass, (weight * ys).sum((1, 2)) / mass
-    t = torch.arange(frames, dtype=torch.float32)
-    t = t - t.mean()
-    return float((t * centre_x).sum() / (t * t).sum()), float((t * centre_y).sum() / (t * t).sum())
+    gx, gy = torch.zeros_like(m), torch.zeros_like(m)
+    gx[..., 1:-1] = (m[..., 2:] - m[..., :-2]) / 2
+    gy[..., 1:-1, :] = (m[..., 2:, :] - m[..., :-2, :]) / 2
+    gx, gy, gt = (gx[:, 1:] + gx[:, :-1]) / 2, (gy[:, 1:] + gy[:, :-1]) / 2, m[:, 1:] - m[:, :-1]
+    a = torch.stack([torch.stack([(gx * gx).sum(), (gx * gy).sum()]), torch.stack([(gx * gy).sum(), (gy * gy).sum()])])
+    b = -torch.stack([(gx * gt).sum(), (gy * gt).sum()])
+    if torch.linalg.det(a).abs() <= 1e-12 * max(float(a.diagonal().sum()) ** 2, 1e-30):
+        return 0.0, 0.0
+    v = torch.linalg.solve(a, b)
+    return float(v[0]), float(v[1])
 
 
 def find_layout_prior(model_path: str | Path) -> Path | None:

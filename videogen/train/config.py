@@ -161,12 +161,14 @@ class TripStage(StageSection):
 @dataclass
 class LayoutStage(StageSection):
     """The text-to-layout prior (:mod:`videogen.models.layout_prior`): the mean latent frame of a caption at
-    each position of the clip, regressed on the frozen VAE's latents, ``|m(c, f / (F - 1)) - z_0^f|^2``
-    over every frame of ``batch_size`` clips. ``hidden`` is its MLP's width, ``frequencies`` the number
-    of ``sin/cos(pi k p)`` pairs that carry the frame's position."""
+    each position of the clip, regressed on the frozen VAE's latents, ``|m(c, f / (F - 1)) - z_0^f|^2``.
+    ``clips`` clips are encoded once (the pool); a step takes ``batch_size`` frames drawn from it.
+    ``hidden`` is the MLP's width, ``frequencies`` the number of ``sin/cos(pi k p)`` pairs that carry
+    the frame's position."""
 
-    steps: int = 600
-    batch_size: int = 8
+    steps: int = 3000
+    batch_size: int = 256
+    clips: int = 1500
     lr: float = 1e-3
     warmup_steps: int = 20
     weight_decay: float = 0.0
@@ -271,7 +273,7 @@ def train_problems(job: TrainJob) -> list[tuple[str, str]]:
         out.append(("unet.warp_upsample", f"must be >= 1, got {u.warp_upsample}"))
     if len(u.degradation) != 2 or not 0.0 <= u.degradation[0] <= u.degradation[1] <= 1.0:
         out.append(("unet.degradation", f"a range [low, high] inside [0, 1], got {list(u.degradation)}"))
-    for key in ("hidden", "frequencies"):
+    for key in ("hidden", "frequencies", "clips"):
         if getattr(job.layout, key) < 1:
             out.append((f"layout.{key}", f"must be >= 1, got {getattr(job.layout, key)}"))
     if job.ray.workers < 1:

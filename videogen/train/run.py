@@ -240,6 +240,7 @@ class JobRunner:
                 frequencies=section.frequencies,
             ).to(self.device)
         objective = LayoutObjective(prior, text_encoder, tokenizer, vae, self.source, self.job)
+        self.log(f"layout: its first step encodes a pool of {section.clips} clips with the VAE")
 
         def save(ema: dict[str, torch.nn.Module]) -> None:
             save_component(ema["prior"], self.out / LAYOUT_DIRNAME, self.dtype)

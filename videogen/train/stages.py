@@ -12,9 +12,9 @@
   captions are dropped to ``""`` at ``caption_dropout`` for classifier-free guidance.
 * ``trip``: TRIP's Temporal Noise Fusion module on the frozen UNet (:func:`videogen.train.trip.trip_loss`).
 * ``layout``: the text-to-layout prior (:mod:`videogen.models.layout_prior`) on the frozen VAE's latents,
-  ``L = |m(c, p_f) - z_0^f|^2`` with ``p_f = f / (F - 1)`` and ``z_0`` the posterior mean, every frame of
-  every clip; captions are dropped to ``""`` at ``caption_dropout`` (the empty caption's layout is the
-  mean of all clips).
+  ``L = |m(c, p_f) - z_0^f|^2`` with ``p_f = f / (F - 1)`` and ``z_0`` the posterior mean, over frames
+  drawn from a pool of encoded clips; captions are dropped to ``""`` at ``caption_dropout`` (the empty
+  caption's layout is the mean of all clips).
 
 Each objective is an ``nn.Module`` whose ``forward(indices)`` returns the batch's mean loss, so a
 data-parallel wrapper can wrap it whole.
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet3DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from videogen.models.layout_prior import LayoutPrior, frame_positions
+from videogen.models.layout_prior import LayoutPrior
 from videogen.models.text_condition import unet_text_kwargs
 from videogen.models.trip_fusion import TemporalNoiseFusion
 from videogen.noise.flow import resize_flow
@@ -217,23 +217,54 @@ class TripObjective(torch.nn.Module):
 
 
 class LayoutObjective(torch.nn.Module):
-    def __init__(self, prior: LayoutPrior, text_encoder, tokenizer, vae, source, job: TrainJob) -> None:
+    """The layout stage's loss over a fixed pool of clips, encoded once.
+
+    The pool is the source's clips ``first_clip .. first_clip + clips - 1``: their posterior-mean latents
+    and caption states are computed on the first call. Sample ``i`` of a step is one frame of one pool
+    clip, with its caption kept or dropped, all drawn from the sample's own generator, so a resumed or
+    data-parallel run sees the samples an uninterrupted single worker sees. A conditional mean needs many
+    (caption, frame) pairs more than it needs new clips: reusing the pool costs one VAE pass per clip.
+    """
+
+    def __init__(self, prior: LayoutPrior, text_encoder, tokenizer, vae, source, job: TrainJob, first_clip: int = 0):
         super().__init__()
         self.prior = prior
         self.text_encoder = text_encoder.requires_grad_(False).eval()
         self.vae = vae.requires_grad_(False).eval()
-        self.tokenizer, self.source, self.job = tokenizer, source, job
+        self.tokenizer, self.source, self.job, self.first_clip = tokenizer, source, job, first_clip
+        self.pool: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def encode_pool(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(latents (N, F, C, h, w), caption states (N, L, D), the empty caption's states (1, L, D))."""
+        device = next(self.prior.parameters()).device
+        latents, texts = [], []
+        chunk = 16
+        first, last = self.first_clip, self.first_clip + self.job.layout.clips
+        for start in range(first, last, chunk):
+            batch = self.source.clip_batch(list(range(start, min(start + chunk, last))), flows=False)
+            b, f = batch.frames.shape[:2]
+            z = self.vae.encode(to_pixels(batch.frames, device)).latent_dist.mean * self.vae.config.scaling_factor
+            latents.append(z.reshape(b, f, *z.shape[1:]))
+            texts.append(self.text_encoder(tokenize(self.tokenizer, batch.captions).to(device))[0])
+        empty = self.text_encoder(tokenize(self.tokenizer, [""]).to(device))[0]
+        return torch.cat(latents), torch.cat(texts), empty
 
     def forward(self, indices: list[int]) -> torch.Tensor:
-        device = next(self.prior.parameters()).device
-        batch = self.source.clip_batch(indices, flows=False)
-        b, f = batch.frames.shape[:2]
-        dropout = self.job.data.caption_dropout
-        draws = [float(torch.rand(1, generator=sample_generator(self.job.seed, "layout", i))) for i in indices]
-        keep = [draw >= dropout for draw in draws]
-        captions = [caption if k else "" for caption, k in zip(batch.captions, keep, strict=True)]
-        with torch.no_grad():
-            target = self.vae.encode(to_pixels(batch.frames, device)).latent_dist.mean * self.vae.config.scaling_factor
-            text = self.text_encoder(tokenize(self.tokenizer, captions).to(device))[0]
-        positions = frame_positions(range(f), f).repeat(b).to(device)
-        return F.mse_loss(self.prior(text.repeat_interleave(f, dim=0), positions), target)
+        if self.pool is None:
+            self.pool = self.encode_pool()
+        latents, texts, empty = self.pool
+        clips, frames = latents.shape[:2]
+        picks, states = [], []
+        for i in indices:
+            g = sample_generator(self.job.seed, "layout", i)
+            clip, frame = (
+                int(torch.randint(0, clips, (1,), generator=g)),
+                int(torch.randint(0, frames, (1,), generator=g)),
+            )
+            keep = float(torch.rand(1, generator=g)) >= self.job.data.caption_dropout
+            picks.append((clip, frame))
+            states.append(texts[clip] if keep else empty[0])
+        target = torch.stack([latents[c, f] for c, f in picks])
+        positions = torch.tensor([f / max(frames - 1, 1) for _, f in picks], device=target.device)
+        return F.mse_loss(self.prior(torch.stack(states), positions), target)
