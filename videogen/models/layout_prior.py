@@ -28,13 +28,13 @@ import torch
 import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
+from diffusers.utils import CONFIG_NAME
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME as WEIGHTS_NAME
 from torch import nn
 
 from videogen.errors import ModelLoadError
 
 LAYOUT_DIRNAME = "layout_prior"
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
 
 def position_features(position: torch.Tensor, frequencies: int) -> torch.Tensor:
