@@ -243,12 +243,13 @@ def test_the_warped_start_noise_moves_with_the_layout(layout_model, tmp_path):
     frames = range(FRAMES)
     text = bundle.family.condition(bundle, job, job.noise.seed, frames, lambda t: t)
     prior = load_layout_prior(layout_model / LAYOUT_DIRNAME)
-    vx, vy = layout_velocity(layout_latents(prior, text.cond, frames, FRAMES, SIZE // 4, SIZE // 4))
+    whole = layout_latents(prior, text.cond, frames, FRAMES, SIZE // 4, SIZE // 4)
+    vx, vy = layout_velocity(whole)
     assert abs(vx) + abs(vy) > 1e-3
     move = CameraMoveSpec(pan=-vx / (SIZE // 4), tilt=vy / (SIZE // 4))
     spec = WarpedNoiseSpec(source="camera", degradation=0.0, camera=CameraSpec([move]))
     expected = warped_latent_noise(spec, job.noise.seed, FRAMES, 4, SIZE // 4, SIZE // 4, frames)
-    noise = layout_noise(job, bundle, prior, text, job.noise.seed, frames)
+    noise = layout_noise(job, whole, job.noise.seed, frames)
     torch.testing.assert_close(noise, expected, atol=0, rtol=0)
     assert (noise - initial_noise(job, job.noise.seed, frames, bundle)).abs().max() > 0.5
     _, gaussian = _job(tmp_path, layout_model, ["layout.noise=gaussian"])

@@ -50,7 +50,7 @@ from videogen.train.run import train_job  # noqa: E402
 
 TRAIN_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train_shapes.yaml"
 LAYOUT_POOL = 32
-"""Clips the layout stage's throughput row encodes (the recipe's pool of 1500 takes about 2 minutes alone)."""
+"""Clips the layout stage's throughput row encodes (the recipe's pool of 1500 takes minutes alone)."""
 
 
 def throughput(steps: int) -> list[dict]:

@@ -260,41 +260,45 @@ def layout_start(
     states (one caption, or each frame's own with a prompt schedule) and the frame's place ``f / (F - 1)``,
     in float32; the latents are ``m`` noised to the first step run, ``i2v_start_index(steps,
     layout.strength)``, as image-to-video starts from its image (SDEdit). The noise is the job's own, or,
-    with Gaussian job noise and ``layout.noise: warped``, warped noise moving with the whole layout's mean
-    motion (:func:`layout_noise`).
+    with :func:`layout_warps_noise`, warped noise moving with the whole layout's mean motion
+    (:func:`layout_noise`).
     """
     prior = load_layout_prior(folder, bundle.device)
     _check_layout_prior(prior, folder, text.cond, bundle.latent_channels)
     _, height, width = latent_shape(job, bundle)
-    mean = layout_latents(prior, text.cond, frames, job.video.num_frames, height, width)
-    if job.noise.kind == "gaussian" and job.layout.noise == "warped":
-        fresh = layout_noise(job, bundle, prior, text, seed, frames)
+    if layout_warps_noise(job):
+        every = range(job.video.num_frames)
+        cond = text.cond
+        if cond.shape[0] > 1 and frames != every:  # a prompt schedule: every frame's own text
+            cond = build_text_context(bundle.tokenizer, bundle.text_encoder, job.prompts, len(every), every).cond
+        whole = layout_latents(prior, cond, every, job.video.num_frames, height, width)
+        mean = whole[:, :, frames.start : frames.stop]
+        fresh = layout_noise(job, whole, seed, frames)
     else:
+        mean = layout_latents(prior, text.cond, frames, job.video.num_frames, height, width)
         fresh = initial_noise(job, seed, frames, bundle)
     start = i2v_start_index(job.sampler.steps, job.layout.strength)
     return i2v_initial_latents(mean, fresh.to(bundle.device), scheduler, start), start
 
 
-def layout_noise(
-    job: JobConfig, bundle: ModelBundle, prior: LayoutPrior, text: TextContext, seed: int, frames: range
-) -> torch.Tensor:
-    """Go-with-the-Flow warped noise for ``frames`` that moves with the layout's mean motion.
+def layout_warps_noise(job: JobConfig) -> bool:
+    """Whether a layout start replaces the job's Gaussian noise by warped noise (``layout.noise: warped``)."""
+    return job.noise.kind == "gaussian" and job.layout.noise == "warped"
 
-    The whole video's layout gives the velocity ``v`` (:func:`videogen.models.layout_prior.layout_velocity`,
-    latent pixels per frame; every worker computes the same, from every frame's text); the noise is the
-    camera move that slides the scene by ``v`` each frame (``pan = -v_x / w``, ``tilt = v_y / h``), warped
-    at ``layout.degradation`` (docs/warped_noise.md), so a UNet trained with warped noise follows it.
+
+def layout_noise(job: JobConfig, whole: torch.Tensor, seed: int, frames: range) -> torch.Tensor:
+    """Go-with-the-Flow warped noise for ``frames`` that moves with the layout ``whole`` of every frame.
+
+    ``whole`` ``(1, C, F, h, w)`` gives the velocity ``v`` (:func:`videogen.models.layout_prior.layout_velocity`,
+    latent pixels per frame; every worker computes the same); the noise is the camera move that slides the
+    scene by ``v`` each frame (``pan = -v_x / w``, ``tilt = v_y / h``), warped at ``layout.degradation``
+    (docs/warped_noise.md), so a UNet trained with warped noise follows it.
     """
-    channels, height, width = latent_shape(job, bundle)
-    frames_all = range(job.video.num_frames)
-    cond = text.cond
-    if cond.shape[0] > 1 and len(frames) != job.video.num_frames:
-        cond = build_text_context(bundle.tokenizer, bundle.text_encoder, job.prompts, len(frames_all), frames_all).cond
-    whole = layout_latents(prior, cond, frames_all, job.video.num_frames, height, width)
+    channels, num_frames, height, width = whole.shape[1:]
     vx, vy = layout_velocity(whole)
     move = CameraMoveSpec(pan=-vx / width, tilt=vy / height)
     spec = WarpedNoiseSpec(source="camera", degradation=job.layout.degradation, camera=CameraSpec([move]))
-    return warped_latent_noise(spec, seed, job.video.num_frames, channels, height, width, frames)
+    return warped_latent_noise(spec, seed, num_frames, channels, height, width, frames)
 
 
 def _check_layout_prior(prior: LayoutPrior, folder: Path, cond: torch.Tensor, channels: int) -> None:
@@ -352,7 +356,7 @@ def layout_record(job: JobConfig) -> dict:
     folder = layout_folder(job)
     used = folder is not None
     start = i2v_start_index(job.sampler.steps, job.layout.strength) if used else None
-    warped = used and job.noise.kind == "gaussian" and job.layout.noise == "warped"
+    warped = used and layout_warps_noise(job)
     return {
         "prior": str(folder) if used else None,
         "strength": job.layout.strength,

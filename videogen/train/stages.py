@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet3DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from videogen.models.layout_prior import LayoutPrior
+from videogen.models.layout_prior import LayoutPrior, frame_positions
 from videogen.models.text_condition import unet_text_kwargs
 from videogen.models.trip_fusion import TemporalNoiseFusion
 from videogen.noise.flow import resize_flow
@@ -266,5 +266,5 @@ class LayoutObjective(torch.nn.Module):
             picks.append((clip, frame))
             states.append(texts[clip] if keep else empty[0])
         target = torch.stack([latents[c, f] for c, f in picks])
-        positions = torch.tensor([f / max(frames - 1, 1) for _, f in picks], device=target.device)
+        positions = frame_positions(range(frames), frames)[[f for _, f in picks]].to(target.device)
         return F.mse_loss(self.prior(torch.stack(states), positions), target)
