@@ -364,3 +364,24 @@ def test_the_motion_weight_adds_the_frame_to_frame_change_of_the_error(trained, 
     assert weighted > plain * 1.01, (plain, weighted)
     with pytest.raises(ConfigError, match=r"unet.motion_weight: must be >= 0"):
         load_train_job(None, [f"out={tmp_path}", "unet.motion_weight=-1"])
+
+
+def test_the_train_help_names_every_key_and_stage():
+    from dataclasses import fields, is_dataclass
+
+    from videogen.train.cli import TRAIN_EPILOG
+    from videogen.train.config import STAGES, TrainJob
+
+    def names(cls) -> list[str]:
+        out = []
+        for f in fields(cls):
+            out.append(f.name)
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            if is_dataclass(default):
+                out += names(type(default))
+        return out
+
+    words = set(re.findall(r"[a-z_]+", TRAIN_EPILOG))
+    missing = [n for n in names(TrainJob) if n not in words]
+    assert not missing, missing
+    assert f"list of {'|'.join(STAGES)}" in TRAIN_EPILOG

@@ -9,7 +9,7 @@ overrides are key=value pairs merged over the training file, e.g.
   videogen train configs/train_shapes.yaml out=out/my_model unet.steps=500 ray.workers=2
 
 sections and keys (see configs/train_shapes.yaml and docs/training.md for every default):
-  out, stages (list of vae|image|unet|trip), seed, device, threads, log_every, save_dtype (fp32|fp16)
+  out, stages (list of vae|image|unet|trip|layout), seed, device, threads, log_every, save_dtype (fp32|fp16)
   data      source (shapes|videos), videos (files/folders), manifest, backend (auto|pyav|decord),
             width, height, frames, frame_stride, seed, caption_dropout,
             world.{size_range,two_objects,still,textured,pan,fit_path}
@@ -20,8 +20,9 @@ sections and keys (see configs/train_shapes.yaml and docs/training.md for every 
   vae       steps, batch_size, lr, warmup_steps, weight_decay, grad_clip, ema_decay, checkpoint_every, kl_weight
   image     the same, and train_text_encoder, dropout (the UNet on single frames, before unet)
   unet      the same, and train_text_encoder, dropout, warped_fraction, warp_upsample,
-            degradation [low, high]
+            degradation [low, high], timestep_range [low, high], motion_weight
   trip      the same, and dim, heads, patch_size
+  layout    the same, and clips, hidden, frequencies (the text-to-layout prior, docs/layout.md)
   ray       workers (>1: DDP on Ray Train workers), address, use_gpu, cpus_per_worker
 """
 
