@@ -29,27 +29,47 @@ from videogen.models.layout_prior import (
     load_layout_prior,
 )
 from videogen.models.loader import load_bundle
+from videogen.models.object_layout import ObjectLayoutPrior
 from videogen.noise.warp_spec import CameraMoveSpec, CameraSpec, WarpedNoiseSpec
 from videogen.noise.warped_latents import warped_latent_noise
 from videogen.pipeline import WorkerSlot, denoise, initial_noise, layout_noise, render
+from videogen.prompts import encode_texts
 from videogen.sampling import Denoiser, make_scheduler, run_steps
 
 SIZE, FRAMES, STEPS = 32, 9, 4  # the tiny VAE downsamples by 4: an 8 x 8 latent grid
 
 
-@pytest.fixture(scope="module")
-def layout_model(tmp_path_factory) -> Path:
+def _tiny_model_with_prior(folder: Path, objects: bool = False) -> Path:
     """The tiny UNet3D model, built by its family's builder, with a random layout prior of its latent grid and
-    text states (tokenizer.model_max_length tokens x the text encoder's hidden size) in ``layout_prior/``."""
-    folder = family_named("unet3d").build_tiny(tmp_path_factory.mktemp("models") / "tiny-layout", seed=0)
+    text states (tokenizer.model_max_length tokens x the text encoder's hidden size) in ``layout_prior/``: the
+    mean prior, or an object prior whose placements are objects of radius about 0.2."""
+    folder = family_named("unet3d").build_tiny(folder, seed=0)
     tokens = json.loads((folder / "tokenizer" / "tokenizer_config.json").read_text())["model_max_length"]
     dim = json.loads((folder / "text_encoder" / "config.json").read_text())["hidden_size"]
     torch.manual_seed(0)
-    prior = LayoutPrior(4, SIZE // 4, SIZE // 4, text_tokens=tokens, text_dim=dim, hidden=32, frequencies=3)
+    shape = {"text_tokens": tokens, "text_dim": dim, "hidden": 32}
+    if objects:
+        prior = ObjectLayoutPrior(4, SIZE // 4, SIZE // 4, **shape, slots=2, text_hidden=32)
+        last = prior.pixel_body[-1]
+        with torch.no_grad():
+            prior.quantile_body[-1].bias.copy_(torch.tensor([0.5, 0.5, 0.2, 0.0, 0.0, 0.0]))
+    else:
+        prior = LayoutPrior(4, SIZE // 4, SIZE // 4, **shape, frequencies=3)
+        last = prior.body[-1]
     with torch.no_grad():
-        prior.body[-1].weight.mul_(4.0)  # a layout of about unit size, so the start is visible in every frame
+        last.weight.mul_(4.0)  # a layout of about unit size, so the start is visible in every frame
     prior.save_pretrained(folder / LAYOUT_DIRNAME, safe_serialization=True)
     return folder
+
+
+@pytest.fixture(scope="module")
+def layout_model(tmp_path_factory) -> Path:
+    return _tiny_model_with_prior(tmp_path_factory.mktemp("models") / "tiny-layout")
+
+
+@pytest.fixture(scope="module")
+def object_model(tmp_path_factory) -> Path:
+    return _tiny_model_with_prior(tmp_path_factory.mktemp("models") / "tiny-objects", objects=True)
 
 
 def _job(folder: Path, model: Path, overrides: list[str] = (), **sections):
@@ -110,6 +130,24 @@ def test_clip_parallel_layout_render_equals_the_single_worker_render(layout_mode
     assert (joined - single).abs().max().item() <= 1e-4
     _, off = _job(tmp_path, layout_model, ["layout.prior=off"], prompts={"text": None, "schedule": schedule})
     assert (single - _latents(off)).abs().amax(dim=(0, 1, 3, 4)).min() > 0.1
+
+
+def test_an_object_prior_draws_its_layout_from_the_seed_the_same_on_every_worker(object_model, tmp_path):
+    _, job = _job(tmp_path, object_model, parallel={"clip": 2})
+    parts = run_local(clip_latents_worker, 2, job, num_threads=1)
+    joined = torch.cat([p["latents"] for p in parts], dim=2)
+    single = _latents(job)
+    assert (joined - single).abs().max().item() <= 1e-4
+    _, again = _job(tmp_path, object_model)
+    assert torch.equal(_latents(again), single)
+    bundle = load_bundle(job.model)
+    prior = load_layout_prior(object_model / LAYOUT_DIRNAME)
+    assert isinstance(prior, ObjectLayoutPrior)
+    text = encode_texts(bundle.tokenizer, bundle.text_encoder, ["a red circle moving right"])
+    layouts = [layout_latents(prior, text, range(FRAMES), FRAMES, 8, 8, seed) for seed in (3, 4)]
+    assert (layouts[0] - layouts[1]).abs().max() > 0.01  # another seed draws another placement
+    _, other_seed = _job(tmp_path, object_model, ["noise.seed=4"])
+    assert (single - _latents(other_seed)).abs().max() > 0.1
 
 
 def _first_frame(folder: Path) -> Path:
@@ -196,7 +234,7 @@ def test_the_layout_start_is_the_full_ddim_loop_whose_early_outputs_imply_the_la
     family, unet = bundle.family, bundle.unet
     text = family.condition(bundle, job, job.noise.seed, frames, lambda t: t)
     prior = load_layout_prior(layout_model / LAYOUT_DIRNAME)
-    mean = layout_latents(prior, text.cond, frames, FRAMES, SIZE // 4, SIZE // 4)
+    mean = layout_latents(prior, text.cond, frames, FRAMES, SIZE // 4, SIZE // 4, 0)
     fresh = initial_noise(job, job.noise.seed, frames, bundle)
     scheduler = make_scheduler("ddim", bundle.scheduler_config, prediction)
     scheduler.set_timesteps(STEPS)
@@ -243,7 +281,7 @@ def test_the_warped_start_noise_moves_with_the_layout(layout_model, tmp_path):
     frames = range(FRAMES)
     text = bundle.family.condition(bundle, job, job.noise.seed, frames, lambda t: t)
     prior = load_layout_prior(layout_model / LAYOUT_DIRNAME)
-    whole = layout_latents(prior, text.cond, frames, FRAMES, SIZE // 4, SIZE // 4)
+    whole = layout_latents(prior, text.cond, frames, FRAMES, SIZE // 4, SIZE // 4, 0)
     vx, vy = layout_velocity(whole)
     assert abs(vx) + abs(vy) > 1e-3
     move = CameraMoveSpec(pan=-vx / (SIZE // 4), tilt=vy / (SIZE // 4))

@@ -53,7 +53,8 @@ def tiny_job(out: Path, *overrides: str):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One short run of every stage (a pooled-caption UNet), shared by the tests that only read its output."""
+    """One short run of every stage (a pooled-caption UNet, an object layout prior), shared by the
+    tests that only read its output."""
     out = tmp_path_factory.mktemp("train") / "model"
     job = tiny_job(
         out,
@@ -65,6 +66,7 @@ def trained(tmp_path_factory):
         "trip.steps=8",
         "layout.steps=30",
         "layout.lr=3e-3",
+        "layout.kind=objects",
         "model.architecture.pooled_text=true",
     )
     return job, train_job(job, progress=False)
@@ -85,7 +87,7 @@ def test_every_stage_lowers_its_loss_on_held_out_samples(trained, tmp_path):
     held_out = list(range(10**6, 10**6 + 8))
     fresh = tiny_job(tmp_path / "fresh", "stages=[vae]")
     before = _objective_loss(fresh, "vae", held_out)
-    after_job = tiny_job(Path(job.out), "model.init=" + job.out)
+    after_job = tiny_job(Path(job.out), "model.init=" + job.out, "layout.kind=objects")
     after = _objective_loss(after_job, "vae", held_out)
     assert after < 0.5 * before, (before, after)
     for stage in ("image", "unet", "trip"):
@@ -93,7 +95,7 @@ def test_every_stage_lowers_its_loss_on_held_out_samples(trained, tmp_path):
         assert np.isfinite(losses).all()
     unet = result.stages["unet"].losses
     assert np.mean(unet[-10:]) < np.mean(unet[:3]), unet
-    new_prior = _objective_loss(tiny_job(Path(job.out)), "layout", held_out)
+    new_prior = _objective_loss(tiny_job(Path(job.out), "layout.kind=objects"), "layout", held_out)
     trained_prior = _objective_loss(after_job, "layout", held_out)
     assert trained_prior < 0.5 * new_prior, (new_prior, trained_prior)
 
@@ -128,11 +130,16 @@ def test_the_output_folder_is_a_model_the_renderer_loads(trained, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("stages", "objective"), [("vae,unet", "UnetObjective"), ("vae,image,layout", "LayoutObjective")]
+    ("stages", "objective", "extra"),
+    [
+        ("vae,unet", "UnetObjective", ()),
+        ("vae,image,layout", "LayoutObjective", ()),
+        ("vae,image,layout", "LayoutObjective", ("layout.kind=objects",)),
+    ],
 )
-def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, stages, objective):
+def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, stages, objective, extra):
     stage = stages.split(",")[-1]
-    overrides = (f"stages=[{stages}]", "vae.steps=3", "image.steps=1", f"{stage}.steps=6")
+    overrides = (f"stages=[{stages}]", "vae.steps=3", "image.steps=1", f"{stage}.steps=6", *extra)
     overrides += (f"{stage}.checkpoint_every=3",)
     whole = tiny_job(tmp_path / "whole", *overrides)
     train_job(whole, progress=False)
@@ -277,6 +284,10 @@ def test_training_job_mistakes_name_the_key(tmp_path):
         load_train_job(None, [f"out={tmp_path}", "model.init=/nonexistent"])
     with pytest.raises(ConfigError, match=r"data.bogus"):
         load_train_job(None, [f"out={tmp_path}", "data.bogus=1"])
+    with pytest.raises(ConfigError, match=r"layout.kind: objects learns .* only data.source: shapes has"):
+        load_train_job(None, [f"out={tmp_path}", "data.source=videos", "data.videos=[x]", "layout.kind=objects"])
+    with pytest.raises(ConfigError, match=r"layout.slots: must be >= 1"):
+        load_train_job(None, [f"out={tmp_path}", "layout.slots=0"])
     job = tiny_job(tmp_path / "m", "stages=[unet]")
     with pytest.raises(ConfigError, match="needs a trained vae"):
         train_job(job, progress=False)

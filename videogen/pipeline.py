@@ -38,7 +38,12 @@ from videogen.io.writer import foreign_entry, open_sink
 from videogen.models.attention import check_backend, set_attention_backend
 from videogen.models.family import ModelFamily
 from videogen.models.frame_context import FrameContext, install_frame_context
-from videogen.models.layout_prior import LayoutPrior, layout_latents, layout_velocity, load_layout_prior
+from videogen.models.layout_prior import (
+    AnyLayoutPrior,
+    layout_latents,
+    layout_velocity,
+    load_layout_prior,
+)
 from videogen.models.loader import (
     DTYPES,
     ModelBundle,
@@ -256,10 +261,11 @@ def layout_start(
 ) -> tuple[torch.Tensor, int]:
     """Start from the text-to-layout prior in ``folder`` (docs/layout.md): (initial latents, first step).
 
-    ``m`` is the prior's mean latent of each of this worker's global ``frames``, from the conditional text
-    states (one caption, or each frame's own with a prompt schedule) and the frame's place ``f / (F - 1)``,
-    in float32; the latents are ``m`` noised to the first step run, ``i2v_start_index(steps,
-    layout.strength)``, as image-to-video starts from its image (SDEdit). The noise is the job's own, or,
+    ``m`` is the prior's latent of each of this worker's global ``frames``, from the conditional text
+    states (one caption, or each frame's own with a prompt schedule), the frame's place ``f / (F - 1)`` and,
+    for an object prior, the placement it draws from the seed (the same on every worker), in float32; the
+    latents are ``m`` noised to the first step run, ``i2v_start_index(steps, layout.strength)``, as
+    image-to-video starts from its image (SDEdit). The noise is the job's own, or,
     with :func:`layout_warps_noise`, warped noise moving with the whole layout's mean motion
     (:func:`layout_noise`).
     """
@@ -271,11 +277,11 @@ def layout_start(
         cond = text.cond
         if cond.shape[0] > 1 and frames != every:  # a prompt schedule: every frame's own text
             cond = build_text_context(bundle.tokenizer, bundle.text_encoder, job.prompts, len(every), every).cond
-        whole = layout_latents(prior, cond, every, job.video.num_frames, height, width)
+        whole = layout_latents(prior, cond, every, job.video.num_frames, height, width, seed)
         mean = whole[:, :, frames.start : frames.stop]
         fresh = layout_noise(job, whole, seed, frames)
     else:
-        mean = layout_latents(prior, text.cond, frames, job.video.num_frames, height, width)
+        mean = layout_latents(prior, text.cond, frames, job.video.num_frames, height, width, seed)
         fresh = initial_noise(job, seed, frames, bundle)
     start = i2v_start_index(job.sampler.steps, job.layout.strength)
     return i2v_initial_latents(mean, fresh.to(bundle.device), scheduler, start), start
@@ -301,7 +307,7 @@ def layout_noise(job: JobConfig, whole: torch.Tensor, seed: int, frames: range) 
     return warped_latent_noise(spec, seed, num_frames, channels, height, width, frames)
 
 
-def _check_layout_prior(prior: LayoutPrior, folder: Path, cond: torch.Tensor, channels: int) -> None:
+def _check_layout_prior(prior: AnyLayoutPrior, folder: Path, cond: torch.Tensor, channels: int) -> None:
     cfg = prior.config
     tokens, dim = cond.shape[1:]
     if cfg.latent_channels != channels or (cfg.text_tokens, cfg.text_dim) != (tokens, dim):

@@ -15,12 +15,17 @@ the other; this prior can. A render starts from it as image-to-video starts from
 runs the remaining steps. With a deterministic sampler that is exactly the trajectory whose
 clean-latent prediction is ``m`` at every step before ``k``.
 
+This prior's layout is a mean over every start and size, so its objects are soft blobs;
+:class:`videogen.models.object_layout.ObjectLayoutPrior` draws one sharp layout instead. ``layout_latents``
+and ``load_layout_prior`` serve both.
+
 On disk (diffusers layout, safetensors only): ``<folder>/config.json`` and
 ``<folder>/diffusion_pytorch_model.safetensors``; a model folder carries it as ``<model>/layout_prior/``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -33,6 +38,7 @@ from diffusers.utils import SAFETENSORS_WEIGHTS_NAME as WEIGHTS_NAME
 from torch import nn
 
 from videogen.errors import ModelLoadError
+from videogen.models.object_layout import ObjectLayoutPrior
 
 LAYOUT_DIRNAME = "layout_prior"
 
@@ -80,26 +86,35 @@ class LayoutPrior(ModelMixin, ConfigMixin):
         hidden = torch.cat([self.text(text.flatten(1).to(dtype)), where], -1)
         return self.body(hidden).view(-1, cfg.latent_channels, cfg.latent_height, cfg.latent_width)
 
+    def frame_latents(self, text: torch.Tensor, positions: torch.Tensor, seed: int) -> torch.Tensor:
+        """The layout ``(N, C, h, w)`` of frames at ``positions`` ``(N,)``: the mean, the same for every seed."""
+        return self(text, positions)
+
 
 def frame_positions(frames: range, num_frames: int) -> torch.Tensor:
     """``p = f / (F - 1)`` for the global frames ``f`` (0 for a one-frame video)."""
     return torch.tensor([f / max(num_frames - 1, 1) for f in frames], dtype=torch.float32)
 
 
+AnyLayoutPrior = LayoutPrior | ObjectLayoutPrior
+"""Either kind of layout prior: both give a layout by ``frame_latents(text, positions, seed)``."""
+
+
 @torch.no_grad()
 def layout_latents(
-    prior: LayoutPrior, text: torch.Tensor, frames: range, num_frames: int, height: int, width: int
+    prior: AnyLayoutPrior, text: torch.Tensor, frames: range, num_frames: int, height: int, width: int, seed: int
 ) -> torch.Tensor:
     """The layout of the global ``frames`` of a ``num_frames`` video, ``(1, C, len(frames), height, width)`` float32.
 
-    ``text`` is ``(1, L, D)`` (one caption for every frame) or ``(len(frames), L, D)`` (each frame's own).
-    A latent size other than the prior's is reached by bilinear resizing (positions are fractions of
-    the frame, so a layout keeps its meaning)."""
+    ``text`` is ``(1, L, D)`` (one caption for every frame) or ``(len(frames), L, D)`` (each frame's own);
+    ``seed`` draws an object prior's placement (the mean prior has none). A latent size other than the
+    prior's is reached by bilinear resizing (positions are fractions of the frame, so a layout keeps its
+    meaning)."""
     device = next(prior.parameters()).device
     text = text.to(device)
     if text.shape[0] == 1:
         text = text.expand(len(frames), -1, -1)
-    out = prior(text, frame_positions(frames, num_frames).to(device)).float()  # (F, C, h, w)
+    out = prior.frame_latents(text, frame_positions(frames, num_frames).to(device), seed).float()  # (F, C, h, w)
     if out.shape[-2:] != (height, width):
         out = F.interpolate(out, size=(height, width), mode="bilinear", align_corners=False)
     return out.permute(1, 0, 2, 3)[None].contiguous()
@@ -142,15 +157,24 @@ def find_layout_prior(model_path: str | Path) -> Path | None:
     return folder if (folder / CONFIG_NAME).is_file() else None
 
 
-def load_layout_prior(folder: str | Path, device: torch.device | str = "cpu") -> LayoutPrior:
-    """Load a layout prior folder (safetensors only) in float32."""
+LAYOUT_CLASSES = {cls.__name__: cls for cls in (LayoutPrior, ObjectLayoutPrior)}
+
+
+def load_layout_prior(folder: str | Path, device: torch.device | str = "cpu") -> AnyLayoutPrior:
+    """Load a layout prior folder (safetensors only) in float32, of the kind its ``config.json`` names."""
     folder = Path(folder).expanduser()
     if not (folder / CONFIG_NAME).is_file():
         raise ModelLoadError(f"{folder}: not a layout prior folder (no {CONFIG_NAME})")
     if not (folder / WEIGHTS_NAME).is_file():
         raise ModelLoadError(f"{folder}: no {WEIGHTS_NAME} (layout priors load from safetensors only)")
     try:
-        prior = LayoutPrior.from_pretrained(str(folder), use_safetensors=True, torch_dtype=torch.float32)
+        name = json.loads((folder / CONFIG_NAME).read_text()).get("_class_name", LayoutPrior.__name__)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"{folder / CONFIG_NAME}: not readable JSON: {error}") from error
+    if name not in LAYOUT_CLASSES:
+        raise ModelLoadError(f"{folder}: a {name!r}, not a layout prior (known: {', '.join(LAYOUT_CLASSES)})")
+    try:
+        prior = LAYOUT_CLASSES[name].from_pretrained(str(folder), use_safetensors=True, torch_dtype=torch.float32)
     except (OSError, ValueError, RuntimeError) as error:
         raise ModelLoadError(f"{folder}: cannot load the layout prior: {str(error).splitlines()[0]}") from error
     return prior.to(device).eval()

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 
 _MASK64 = (1 << 64) - 1
-_STREAMS = {"init": 0, "step": 1, "warp": 2, "image": 3}
+_STREAMS = {"init": 0, "step": 1, "warp": 2, "image": 3, "layout": 4}
 
 
 def _splitmix64(x: int) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from videogen.data.shapes import ShapesWorld, WorldSpec
+from videogen.data.shapes import ShapesWorld, WorldSpec, trajectory
 from videogen.noise.gaussian import frame_seed
 from videogen.train.config import DataSection
 
@@ -62,6 +62,22 @@ class ShapesSource:
         """Every word the world's captions use (the tokenizer keeps them whole)."""
         found = {word for caption in self.clips.captions() for word in re.findall(r"[a-z]+", caption)}
         return sorted(found | {"and", "camera", "panning"})
+
+    def object_tracks(self, indices: list[int], slots: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each clip's first ``slots`` objects in caption order, as fractions of the frame (float32): centres
+        ``(B, F, slots, 2)`` per frame (x of the width, y of the height), radii ``(B, slots)`` (of the shorter
+        side) and ``present`` ``(B, slots)`` (1 for an object, 0 for an empty slot, whose values are 0)."""
+        frames = self.clips.spec.frames
+        centres = np.zeros((len(indices), frames, slots, 2), np.float32)
+        radii, present = np.zeros((len(indices), slots), np.float32), np.zeros((len(indices), slots), np.float32)
+        for row, index in enumerate(indices):
+            scene = self.clips.scene(index)
+            size = np.array([scene.width, scene.height], np.float64)
+            for slot, obj in enumerate(scene.objects[:slots]):
+                centres[row, :, slot] = trajectory(obj, scene.pan, scene) / size
+                radii[row, slot] = obj.radius / min(scene.width, scene.height)
+                present[row, slot] = 1.0
+        return centres, radii, present
 
     def clip_batch(self, indices: list[int], flows: bool = True) -> ClipBatch:
         clips = [self.clips.clip(i) for i in indices]

@@ -22,7 +22,8 @@ sections and keys (see configs/train_shapes.yaml and docs/training.md for every 
   unet      the same, and train_text_encoder, dropout, warped_fraction, warp_upsample,
             degradation [low, high], timestep_range [low, high], motion_weight
   trip      the same, and dim, heads, patch_size
-  layout    the same, and clips, hidden, frequencies (the text-to-layout prior, docs/layout.md)
+  layout    the same, and kind (mean|objects), clips, hidden, frequencies, slots (the text-to-layout prior,
+            docs/layout.md)
   ray       workers (>1: DDP on Ray Train workers), address, use_gpu, cpus_per_worker
 """
 

@@ -163,8 +163,10 @@ class LayoutStage(StageSection):
     """The text-to-layout prior (:mod:`videogen.models.layout_prior`): the mean latent frame of a caption at
     each position of the clip, regressed on the frozen VAE's latents, ``|m(c, f / (F - 1)) - z_0^f|^2``.
     ``clips`` clips are encoded once (the pool); a step takes ``batch_size`` frames drawn from it.
-    ``hidden`` is the MLP's width, ``frequencies`` the number of ``sin/cos(pi k p)`` pairs that carry
-    the frame's position."""
+    ``kind``: ``mean`` learns the caption's mean frame (``hidden`` is the MLP's width, ``frequencies`` the
+    number of ``sin/cos(pi k p)`` pairs that carry the frame's position); ``objects`` learns the object
+    layout prior (:mod:`videogen.models.object_layout`, ``hidden`` the object field's width) for ``slots``
+    objects from each clip's true object tracks, which only the shapes world has."""
 
     steps: int = 3000
     batch_size: int = 256
@@ -175,6 +177,8 @@ class LayoutStage(StageSection):
     ema_decay: float = 0.99
     hidden: int = 256
     frequencies: int = 6
+    kind: Literal["mean", "objects"] = "mean"
+    slots: int = 2
 
 
 @dataclass
@@ -273,9 +277,12 @@ def train_problems(job: TrainJob) -> list[tuple[str, str]]:
         out.append(("unet.warp_upsample", f"must be >= 1, got {u.warp_upsample}"))
     if len(u.degradation) != 2 or not 0.0 <= u.degradation[0] <= u.degradation[1] <= 1.0:
         out.append(("unet.degradation", f"a range [low, high] inside [0, 1], got {list(u.degradation)}"))
-    for key in ("hidden", "frequencies", "clips"):
+    for key in ("hidden", "frequencies", "clips", "slots"):
         if getattr(job.layout, key) < 1:
             out.append((f"layout.{key}", f"must be >= 1, got {getattr(job.layout, key)}"))
+    if job.layout.kind == "objects" and job.data.source != "shapes":
+        why = "objects learns from each clip's true object tracks, which only data.source: shapes has"
+        out.append(("layout.kind", why))
     if job.ray.workers < 1:
         out.append(("ray.workers", f"must be >= 1, got {job.ray.workers}"))
     if job.threads < 0 or job.log_every < 0:

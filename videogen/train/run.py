@@ -27,6 +27,7 @@ from videogen.errors import ConfigError
 from videogen.io.atomic import atomic_folder, write_text_atomic
 from videogen.models.layout_prior import LAYOUT_DIRNAME, LayoutPrior, find_layout_prior, load_layout_prior
 from videogen.models.loader import component_dir, resolve_device
+from videogen.models.object_layout import ObjectLayoutPrior
 from videogen.models.tiny import MODEL_INDEX, tiny_scheduler
 from videogen.models.trip_fusion import FUSION_DIRNAME, TemporalNoiseFusion, find_fusion_module, load_fusion
 from videogen.train.architecture import new_text_encoder, new_unet, new_vae, word_tokenizer
@@ -219,26 +220,30 @@ class JobRunner:
 
     def layout_stage(self) -> StageRun:
         """The text-to-layout prior on the frozen VAE and text encoder; a fine-tune continues ``model.init``'s
-        own prior when it has one."""
+        own prior when it has one of ``layout.kind``."""
         section = self.job.layout
         tokenizer = self.tokenizer()
         text_encoder = self.frozen(CLIPTextModel, "text_encoder", "layout")
         vae = self.frozen(AutoencoderKL, "vae", "layout")
+        wanted = ObjectLayoutPrior if section.kind == "objects" else LayoutPrior
         existing = find_layout_prior(self.job.model.init) if self.job.model.init else None
-        if existing is not None:
-            prior = load_layout_prior(existing, self.device).requires_grad_(True)
-        else:
+        prior = load_layout_prior(existing, self.device).requires_grad_(True) if existing is not None else None
+        if prior is not None and not isinstance(prior, wanted):
+            self.log(f"layout: {existing} is a {type(prior).__name__}; layout.kind {section.kind} trains a new one")
+            prior = None
+        if prior is None:
             factor = 2 ** (len(vae.config.block_out_channels) - 1)
+            shape = {
+                "latent_channels": vae.config.latent_channels,
+                "latent_height": self.job.data.height // factor,
+                "latent_width": self.job.data.width // factor,
+                "text_tokens": tokenizer.model_max_length,
+                "text_dim": text_encoder.config.hidden_size,
+                "hidden": section.hidden,
+            }
             torch.manual_seed(self.job.seed)
-            prior = LayoutPrior(
-                latent_channels=vae.config.latent_channels,
-                latent_height=self.job.data.height // factor,
-                latent_width=self.job.data.width // factor,
-                text_tokens=tokenizer.model_max_length,
-                text_dim=text_encoder.config.hidden_size,
-                hidden=section.hidden,
-                frequencies=section.frequencies,
-            ).to(self.device)
+            extra = {"slots": section.slots} if wanted is ObjectLayoutPrior else {"frequencies": section.frequencies}
+            prior = wanted(**shape, **extra).to(self.device)
         objective = LayoutObjective(prior, text_encoder, tokenizer, vae, self.source, self.job)
         self.log(f"layout: its first step encodes a pool of {section.clips} clips with the VAE")
 

@@ -14,7 +14,10 @@
 * ``layout``: the text-to-layout prior (:mod:`videogen.models.layout_prior`) on the frozen VAE's latents,
   ``L = |m(c, p_f) - z_0^f|^2`` with ``p_f = f / (F - 1)`` and ``z_0`` the posterior mean, over frames
   drawn from a pool of encoded clips; captions are dropped to ``""`` at ``caption_dropout`` (the empty
-  caption's layout is the mean of all clips).
+  caption's layout is the mean of all clips). The object prior (:mod:`videogen.models.object_layout`)
+  instead sums three terms from each clip's true object tracks: the field at the true centres,
+  ``|z(c, x_f, r) - z_0^f|^2``; the trajectory, ``|s_xy + o(c, s, p_f) - x_f|^2`` in latent pixels over
+  the present objects; and the placement quantiles' pinball loss at ``tau ~ U(0, 1)``.
 
 Each objective is an ``nn.Module`` whose ``forward(indices)`` returns the batch's mean loss, so a
 data-parallel wrapper can wrap it whole.
@@ -22,13 +25,16 @@ data-parallel wrapper can wrap it whole.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet3DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from videogen.models.layout_prior import LayoutPrior, frame_positions
+from videogen.models.layout_prior import AnyLayoutPrior, frame_positions
+from videogen.models.object_layout import PLACEMENT_VALUES, ObjectLayoutPrior, pinball_loss
 from videogen.models.text_condition import unet_text_kwargs
 from videogen.models.trip_fusion import TemporalNoiseFusion
 from videogen.noise.flow import resize_flow
@@ -219,43 +225,52 @@ class TripObjective(torch.nn.Module):
 class LayoutObjective(torch.nn.Module):
     """The layout stage's loss over a fixed pool of clips, encoded once.
 
-    The pool is the source's clips ``first_clip .. first_clip + clips - 1``: their posterior-mean latents
-    and caption states are computed on the first call. Sample ``i`` of a step is one frame of one pool
-    clip, with its caption kept or dropped, all drawn from the sample's own generator, so a resumed or
+    The pool is the source's clips ``first_clip .. first_clip + clips - 1``: their posterior-mean latents,
+    caption states and, for the object prior, true object tracks are computed on the first call. Sample
+    ``i`` of a step is one frame of one pool clip, with its caption kept or dropped (and, for the object
+    prior, its quantile levels ``tau``), all drawn from the sample's own generator, so a resumed or
     data-parallel run sees the samples an uninterrupted single worker sees. A conditional mean needs many
     (caption, frame) pairs more than it needs new clips: reusing the pool costs one VAE pass per clip.
     """
 
-    def __init__(self, prior: LayoutPrior, text_encoder, tokenizer, vae, source, job: TrainJob, first_clip: int = 0):
+    def __init__(self, prior: AnyLayoutPrior, text_encoder, tokenizer, vae, source, job: TrainJob, first_clip: int = 0):
         super().__init__()
         self.prior = prior
         self.text_encoder = text_encoder.requires_grad_(False).eval()
         self.vae = vae.requires_grad_(False).eval()
         self.tokenizer, self.source, self.job, self.first_clip = tokenizer, source, job, first_clip
-        self.pool: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.pool: LayoutPool | None = None
 
     @torch.no_grad()
-    def encode_pool(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(latents (N, F, C, h, w), caption states (N, L, D), the empty caption's states (1, L, D))."""
+    def encode_pool(self) -> LayoutPool:
         device = next(self.prior.parameters()).device
-        latents, texts = [], []
+        latents, texts, tracks = [], [], []
         chunk = 16
         first, last = self.first_clip, self.first_clip + self.job.layout.clips
         for start in range(first, last, chunk):
-            batch = self.source.clip_batch(list(range(start, min(start + chunk, last))), flows=False)
+            indices = list(range(start, min(start + chunk, last)))
+            batch = self.source.clip_batch(indices, flows=False)
             b, f = batch.frames.shape[:2]
             z = self.vae.encode(to_pixels(batch.frames, device)).latent_dist.mean * self.vae.config.scaling_factor
             latents.append(z.reshape(b, f, *z.shape[1:]))
             texts.append(self.text_encoder(tokenize(self.tokenizer, batch.captions).to(device))[0])
+            if isinstance(self.prior, ObjectLayoutPrior):
+                tracks.append(self.source.object_tracks(indices, self.prior.config.slots))
         empty = self.text_encoder(tokenize(self.tokenizer, [""]).to(device))[0]
-        return torch.cat(latents), torch.cat(texts), empty
+        centres, radii, present = (
+            (torch.from_numpy(np.concatenate(part)).to(device) for part in zip(*tracks, strict=True))
+            if tracks
+            else (None, None, None)
+        )
+        return LayoutPool(torch.cat(latents), torch.cat(texts), empty, centres, radii, present)
 
     def forward(self, indices: list[int]) -> torch.Tensor:
         if self.pool is None:
             self.pool = self.encode_pool()
-        latents, texts, empty = self.pool
-        clips, frames = latents.shape[:2]
-        picks, states = [], []
+        pool = self.pool
+        clips, frames = pool.latents.shape[:2]
+        objects = isinstance(self.prior, ObjectLayoutPrior)
+        picks, states, taus = [], [], []
         for i in indices:
             g = sample_generator(self.job.seed, "layout", i)
             clip, frame = (
@@ -264,7 +279,37 @@ class LayoutObjective(torch.nn.Module):
             )
             keep = float(torch.rand(1, generator=g)) >= self.job.data.caption_dropout
             picks.append((clip, frame))
-            states.append(texts[clip] if keep else empty[0])
-        target = torch.stack([latents[c, f] for c, f in picks])
+            states.append(pool.texts[clip] if keep else pool.empty[0])
+            if objects:
+                taus.append(torch.rand(self.prior.config.slots * PLACEMENT_VALUES, generator=g))
+        target = torch.stack([pool.latents[c, f] for c, f in picks])
         positions = frame_positions(range(frames), frames)[[f for _, f in picks]].to(target.device)
-        return F.mse_loss(self.prior(torch.stack(states), positions), target)
+        text = torch.stack(states)
+        if not objects:
+            return F.mse_loss(self.prior(text, positions), target)
+        clip_rows, frame_rows = [c for c, _ in picks], [f for _, f in picks]
+        centres, radii, present = pool.centres[clip_rows, frame_rows], pool.radii[clip_rows], pool.present[clip_rows]
+        starts = pool.centres[clip_rows, 0]
+        placement = torch.cat([starts, radii[..., None]], -1).flatten(1)  # (B, 3 S): (x, y, r) per slot
+        embedding = self.prior.embed(text)
+        field = F.mse_loss(self.prior.field(embedding, centres, radii, present), target)
+        moved = starts + self.prior.trajectory(embedding, placement, positions)
+        cfg = self.prior.config
+        pixels = torch.tensor([cfg.latent_width, cfg.latent_height], device=moved.device)  # errors in latent pixels
+        path = ((((moved - centres) * pixels) ** 2).sum(-1) * present).mean()
+        tau = torch.stack(taus).to(target.device)
+        return field + path + pinball_loss(self.prior.placement_quantiles(text, tau), tau, placement)
+
+
+@dataclass
+class LayoutPool:
+    """The layout stage's encoded clips: latents ``(N, F, C, h, w)``, caption states ``(N, L, D)``, the empty
+    caption's ``(1, L, D)``, and for the object prior the true tracks (:meth:`ShapesSource.object_tracks`:
+    centres ``(N, F, S, 2)``, radii and ``present`` ``(N, S)``; None for the mean prior)."""
+
+    latents: torch.Tensor
+    texts: torch.Tensor
+    empty: torch.Tensor
+    centres: torch.Tensor | None
+    radii: torch.Tensor | None
+    present: torch.Tensor | None
