@@ -101,7 +101,7 @@ def test_a_render_starts_from_the_layout_at_the_strength_step_and_records_it(lay
     meta = json.loads(Path(f"{result.output}.meta.json").read_text())
     assert meta["layout"] == {
         "prior": str(layout_model / LAYOUT_DIRNAME),
-        "strength": 0.6,
+        "strength": 0.4,
         "start_step": 2,
         "noise": "warped",
         "degradation": 0.0,
@@ -241,7 +241,7 @@ def test_the_layout_start_is_the_full_ddim_loop_whose_early_outputs_imply_the_la
     assert scheduler.config.prediction_type == prediction
     abar = scheduler.alphas_cumprod[int(scheduler.timesteps[0])]
     start = abar.sqrt() * mean + (1 - abar).sqrt() * fresh
-    early = {int(t) for t in scheduler.timesteps[:2]}  # strength 0.6 of 4 steps: the UNet runs from step 2
+    early = {int(t) for t in scheduler.timesteps[:2]}  # strength 0.4 of 4 steps: the UNet runs from step 2
     inputs = functools.partial(family.unet_inputs, unet, job=job)
     real = Denoiser(unet, text, job.sampler.guidance_scale, inputs=inputs, call=family.unet_call(unet, job, text))
     call = _FromLayout(real.call, mean, early, scheduler.alphas_cumprod, prediction)

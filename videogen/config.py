@@ -279,7 +279,7 @@ class LayoutSection:
     """
 
     prior: str | bool = "auto"
-    strength: float = 0.6
+    strength: float = 0.4
     noise: Literal["warped", "gaussian"] = "warped"
     degradation: float = 0.0
 
