@@ -3,7 +3,7 @@
 These are quality floors, not exact figures: the prompted colour and shape of a few renders, scored by
 the synthetic world's own measurements (``videogen.data.measure``), on the model's measured behaviour
 with margin (docs/training.md has the full figures). A change that breaks text conditioning, the
-pooled caption, v-prediction or the image prior fails here.
+pooled caption, v-prediction, the layout prior or the image prior fails here.
 """
 
 from __future__ import annotations
@@ -62,15 +62,17 @@ def test_the_bundled_model_is_fp16_on_disk_and_small():
     assert (SHAPES_DIR / "trip_fusion").is_dir()
 
 
-def test_renders_show_the_prompted_colour_and_shape(shapes_bundle):
-    colours = shapes = 0
+def test_renders_show_the_prompted_colour_and_shape_moving_the_prompted_way(shapes_bundle):
+    colours = shapes = directions = 0
     for prompt in PROMPTS:
         frames = render_frames(shapes_job(prompt), bundle=shapes_bundle)
         score = score_video(frames, prompt)
         colours += score.colour_ok
         shapes += score.colour_ok and score.shape_ok
+        directions += score.direction_ok
     assert colours == len(PROMPTS)
     assert shapes >= len(PROMPTS) - 1
+    assert directions >= len(PROMPTS) - 1  # the object layout prior's doing: the UNet alone moved 1 of these 3
 
 
 def test_the_prompt_decides_the_colour_from_the_same_noise(shapes_bundle):

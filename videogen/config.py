@@ -264,8 +264,9 @@ class SvdSection:
 
 @dataclass
 class LayoutSection:
-    """The text-to-layout prior a render starts from (docs/layout.md): SDEdit from the prior's mean latent
-    of each frame, noised to the first step run.
+    """The text-to-layout prior a render starts from (docs/layout.md): SDEdit from the prior's latent of
+    each frame (the caption's mean, or an object prior's layout drawn from the seed), noised to the first
+    step run.
 
     ``prior``: ``auto`` uses ``<model>/layout_prior/`` when the model folder has one, the job gives no
     image (``image.path``) and its noise is ``gaussian`` (warped noise and images bring their own motion and

@@ -26,7 +26,6 @@ On disk (diffusers layout, safetensors only): ``<folder>/config.json`` and
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -38,16 +37,9 @@ from diffusers.utils import SAFETENSORS_WEIGHTS_NAME as WEIGHTS_NAME
 from torch import nn
 
 from videogen.errors import ModelLoadError
-from videogen.models.object_layout import ObjectLayoutPrior
+from videogen.models.object_layout import ObjectLayoutPrior, fourier_features
 
 LAYOUT_DIRNAME = "layout_prior"
-
-
-def position_features(position: torch.Tensor, frequencies: int) -> torch.Tensor:
-    """``[sin(pi k p), cos(pi k p)]`` for ``k = 1 .. frequencies``: ``(N,)`` -> ``(N, 2 frequencies)``."""
-    k = torch.arange(1, frequencies + 1, device=position.device, dtype=torch.float32) * math.pi
-    angles = position.float()[:, None] * k
-    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
 class LayoutPrior(ModelMixin, ConfigMixin):
@@ -82,7 +74,7 @@ class LayoutPrior(ModelMixin, ConfigMixin):
             got = tuple(text.shape[1:])
             raise ValueError(f"the layout prior takes text states of {cfg.text_tokens} x {cfg.text_dim}, got {got}")
         dtype = self.text[0].weight.dtype
-        where = position_features(position, cfg.frequencies).to(dtype)
+        where = fourier_features(position.float()[:, None], cfg.frequencies).to(dtype)
         hidden = torch.cat([self.text(text.flatten(1).to(dtype)), where], -1)
         return self.body(hidden).view(-1, cfg.latent_channels, cfg.latent_height, cfg.latent_width)
 
