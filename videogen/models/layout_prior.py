@@ -37,7 +37,7 @@ from diffusers.utils import SAFETENSORS_WEIGHTS_NAME as WEIGHTS_NAME
 from torch import nn
 
 from videogen.errors import ModelLoadError
-from videogen.models.object_layout import ObjectLayoutPrior, fourier_features
+from videogen.models.object_layout import ObjectLayoutPrior, check_text_states, fourier_features
 
 LAYOUT_DIRNAME = "layout_prior"
 
@@ -70,9 +70,7 @@ class LayoutPrior(ModelMixin, ConfigMixin):
 
     def forward(self, text: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         cfg = self.config
-        if text.shape[1:] != (cfg.text_tokens, cfg.text_dim):
-            got = tuple(text.shape[1:])
-            raise ValueError(f"the layout prior takes text states of {cfg.text_tokens} x {cfg.text_dim}, got {got}")
+        check_text_states(cfg, text)
         dtype = self.text[0].weight.dtype
         where = fourier_features(position.float()[:, None], cfg.frequencies).to(dtype)
         hidden = torch.cat([self.text(text.flatten(1).to(dtype)), where], -1)

@@ -68,6 +68,13 @@ def pinball_loss(quantiles: torch.Tensor, tau: torch.Tensor, target: torch.Tenso
     return torch.maximum(tau * u, (tau - 1) * u).mean()
 
 
+def check_text_states(config, text: torch.Tensor) -> None:
+    """Refuse caption states ``text`` ``(N, L, D)`` other than the prior ``config``'s ``text_tokens x text_dim``."""
+    if text.shape[1:] != (config.text_tokens, config.text_dim):
+        got = tuple(text.shape[1:])
+        raise ValueError(f"the layout prior takes text states of {config.text_tokens} x {config.text_dim}, got {got}")
+
+
 class ObjectLayoutPrior(ModelMixin, ConfigMixin):
     """Placement quantiles, trajectory and object field (module docstring); :meth:`frame_latents` is a layout."""
 
@@ -121,21 +128,15 @@ class ObjectLayoutPrior(ModelMixin, ConfigMixin):
         )
         self.register_buffer("grid", torch.stack([xs, ys], -1).view(1, -1, 2), persistent=False)
 
-    def check_text(self, text: torch.Tensor) -> None:
-        cfg = self.config
-        if text.shape[1:] != (cfg.text_tokens, cfg.text_dim):
-            got = tuple(text.shape[1:])
-            raise ValueError(f"the layout prior takes text states of {cfg.text_tokens} x {cfg.text_dim}, got {got}")
-
     def embed(self, text: torch.Tensor) -> torch.Tensor:
         """``e = SiLU(W_c vec(c))`` ``(N, text_hidden)`` of caption states ``(N, L, D)``."""
-        self.check_text(text)
+        check_text_states(self.config, text)
         return self.text(text.flatten(1).to(self.text[0].weight.dtype))
 
     def placement_quantiles(self, text: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         """``q(c, tau)`` ``(N, 3 S)``: value ``d`` is the ``tau_d``-quantile of placement value ``d`` given the
         caption states ``text`` ``(N, L, D)``; ``tau`` is ``(N, 3 S)`` in ``[0, 1]``."""
-        self.check_text(text)
+        check_text_states(self.config, text)
         dtype = self.quantile_text[0].weight.dtype
         hidden = [self.quantile_text(text.flatten(1).to(dtype)), fourier_features(tau, QUANTILE_FREQUENCIES).to(dtype)]
         return self.quantile_body(torch.cat(hidden, -1)).float()
